@@ -1,0 +1,175 @@
+"""conv1d/2d/3d and conv_transpose1d/2d/3d with torch.nn.functional's semantics.
+
+Data flows one way: arguments -> ConvSpec (validated, hashable) -> padding mode -> dispatch -> one lowering ->
+bias -> output. The six public functions are one N-d implementation each for forward and transposed
+convolution, specialised by the number of spatial dimensions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jconv import dispatch
+from jconv.lowerings.common import channel_axis
+from jconv.padding import apply_padding_mode
+from jconv.spec import ConvSpec, make_spec
+
+
+def _as_array(op: str, name: str, value: Any) -> jax.Array:
+    if isinstance(value, jax.Array) or hasattr(value, "aval"):
+        return value
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{op}: {name} must be an array, but got {type(value).__name__}: {e}") from e
+
+
+def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **kwargs) -> ConvSpec:
+    for name, value in (("input", input), ("weight", weight)):
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(f"{op}: {name} must be an array, but got {type(value).__name__}")
+    if bias is not None and (not hasattr(bias, "shape") or not hasattr(bias, "dtype")):
+        raise TypeError(f"{op}: bias must be an array or None, but got {type(bias).__name__}")
+    return make_spec(
+        op, n, transposed,
+        tuple(input.shape), input.dtype, tuple(weight.shape), weight.dtype,
+        None if bias is None else tuple(bias.shape), None if bias is None else bias.dtype,
+        **kwargs,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional[jax.Array]) -> jax.Array:
+    """The traced body: everything here is array code; all decisions were made from the static spec."""
+    if not spec.batched:
+        x = x[None]
+    x = apply_padding_mode(spec, x)
+    y = dispatch.LOWERINGS[lowering].lower(spec, x, w)
+    if b is not None:
+        shape = [1] * y.ndim
+        shape[channel_axis(spec)] = spec.out_channels
+        y = y + b.astype(y.dtype).reshape(shape)
+    return y if spec.batched else y[0]
+
+
+def _convolve(spec: ConvSpec, x, w, b) -> jax.Array:
+    out_dtype = spec.preferred_element_type or spec.dtype
+    if spec.is_empty:
+        # PyTorch returns an empty output for zero batch or zero input channels; so does lax, but not on every
+        # backend, so we build it directly.
+        return jnp.zeros(spec.out_shape, out_dtype)
+    choice = dispatch.select(spec)
+    return _run(spec, choice.lowering, x, w, b)
+
+
+_CONV_DOC = """{n}-D convolution with torch.nn.functional.conv{n}d's semantics.
+
+    Args:
+      input: (N, C_in, {sp}) or unbatched (C_in, {sp}); with channels_last=True, (N, {sp}, C_in) or ({sp}, C_in).
+      weight: (C_out, C_in/groups, {ks}), PyTorch's layout in either case.
+      bias: optional (C_out,).
+      stride, dilation: int or tuple of {n} ints, positive.
+      padding: int or tuple of {n} non-negative ints, 'valid', or 'same' (stride 1 only; total d*(k-1) split as
+        left = total//2, the extra on the right).
+      groups: divides C_in and C_out; groups == C_in is a depthwise conv (C_out = multiplier * C_in).
+      padding_mode: 'zeros', 'reflect' (pad < size), 'replicate', or 'circular' (pad <= size), applied with
+        PyTorch's pad amounts.
+      channels_last: take and return channels-last arrays (saves layout transposes on accelerators).
+      precision, preferred_element_type: passed to lax.
+      lowering: 'auto' (see jconv.explain) or a lowering name from jconv.LOWERINGS.
+
+    Returns:
+      (N, C_out, {out}) (or channels-last / unbatched to match the input), where per spatial axis
+      out = floor((in + pad_lo + pad_hi - dilation * (kernel - 1) - 1) / stride) + 1.
+    """
+
+_CONV_TRANSPOSE_DOC = """{n}-D transposed convolution with torch.nn.functional.conv_transpose{n}d's semantics.
+
+    Args:
+      input: (N, C_in, {sp}) or unbatched (C_in, {sp}); with channels_last=True, (N, {sp}, C_in) or ({sp}, C_in).
+      weight: (C_in, C_out/groups, {ks}), PyTorch's layout in either case.
+      bias: optional (C_out,).
+      stride, dilation: int or tuple of {n} ints, positive.
+      padding: int or tuple of {n} non-negative ints, cropped from both ends of the full output.
+      output_padding: int or tuple; extra size on the high end; each must be smaller than stride or dilation.
+      groups: divides C_in and C_out.
+      output_size: optional target spatial size ({n} ints, or the full shape); sets output_padding as
+        nn.ConvTranspose{n}d does, within [min, min + stride - 1].
+      channels_last, precision, preferred_element_type, lowering: as for conv{n}d.
+
+    Returns:
+      (N, C_out, {out}), where per spatial axis
+      out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1.
+    """
+
+_NAMES = {1: ("L", "kW", "L_out"), 2: ("H, W", "kH, kW", "H_out, W_out"),
+          3: ("D, H, W", "kD, kH, kW", "D_out, H_out, W_out")}
+
+
+def _make_conv(n: int):
+    op = f"conv{n}d"
+
+    def build_spec(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                   padding_mode="zeros", channels_last=False, precision=None, preferred_element_type=None,
+                   lowering="auto") -> ConvSpec:
+        return _spec_from_arrays(
+            op, n, False, input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+            padding_mode=padding_mode, channels_last=channels_last, precision=precision,
+            preferred_element_type=preferred_element_type, lowering=lowering)
+
+    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
+             channels_last=False, precision=None, preferred_element_type=None, lowering="auto"):
+        x = _as_array(op, "input", input)
+        w = _as_array(op, "weight", weight)
+        b = None if bias is None else _as_array(op, "bias", bias)
+        spec = build_spec(x, w, b, stride, padding, dilation, groups, padding_mode=padding_mode,
+                          channels_last=channels_last, precision=precision,
+                          preferred_element_type=preferred_element_type, lowering=lowering)
+        return _convolve(spec, x, w, b)
+
+    sp, ks, out = _NAMES[n]
+    conv.__name__ = conv.__qualname__ = op
+    conv.__doc__ = _CONV_DOC.format(n=n, sp=sp, ks=ks, out=out)
+    conv.build_spec = build_spec
+    return conv
+
+
+def _make_conv_transpose(n: int):
+    op = f"conv_transpose{n}d"
+
+    def build_spec(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                   output_size=None, channels_last=False, precision=None, preferred_element_type=None,
+                   lowering="auto") -> ConvSpec:
+        return _spec_from_arrays(
+            op, n, True, input, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
+            groups=groups, dilation=dilation, output_size=output_size, channels_last=channels_last,
+            precision=precision, preferred_element_type=preferred_element_type, lowering=lowering)
+
+    def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                       output_size=None, channels_last=False, precision=None, preferred_element_type=None,
+                       lowering="auto"):
+        x = _as_array(op, "input", input)
+        w = _as_array(op, "weight", weight)
+        b = None if bias is None else _as_array(op, "bias", bias)
+        spec = build_spec(x, w, b, stride, padding, output_padding, groups, dilation, output_size=output_size,
+                          channels_last=channels_last, precision=precision,
+                          preferred_element_type=preferred_element_type, lowering=lowering)
+        return _convolve(spec, x, w, b)
+
+    sp, ks, out = _NAMES[n]
+    conv_transpose.__name__ = conv_transpose.__qualname__ = op
+    conv_transpose.__doc__ = _CONV_TRANSPOSE_DOC.format(n=n, sp=sp, ks=ks, out=out)
+    conv_transpose.build_spec = build_spec
+    return conv_transpose
+
+
+conv1d = _make_conv(1)
+conv2d = _make_conv(2)
+conv3d = _make_conv(3)
+conv_transpose1d = _make_conv_transpose(1)
+conv_transpose2d = _make_conv_transpose(2)
+conv_transpose3d = _make_conv_transpose(3)

@@ -1,0 +1,73 @@
+"""The shared parity harness: run a Case through jconv with a given lowering and compare with torch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jconv
+from jconv import dispatch
+from references import Case, torch_forward_and_grads
+
+
+def jconv_fn(case: Case):
+    name = f"conv_transpose{case.n}d" if case.transposed else f"conv{case.n}d"
+    return getattr(jconv, name)
+
+
+def to_layout(case: Case, a):
+    """(N, C, *sp) -> the layout jconv is called with for this case."""
+    if case.channels_last:
+        a = jnp.moveaxis(a, 1, -1)
+    return a[0] if case.unbatched else a
+
+
+def from_layout(case: Case, a):
+    if case.unbatched:
+        a = a[None]
+    return jnp.moveaxis(a, -1, 1) if case.channels_last else a
+
+
+def build_spec(case: Case, lowering: str, x, w, b):
+    return jconv_fn(case).build_spec(to_layout(case, x), w, b, lowering=lowering, **case.jconv_kwargs())
+
+
+def accepted(case: Case, lowering: str) -> bool:
+    x, w, b = case.arrays()
+    spec = build_spec(case, lowering, jnp.asarray(x), jnp.asarray(w), None if b is None else jnp.asarray(b))
+    return dispatch.LOWERINGS[lowering].accepts(spec) is None if lowering != "auto" else True
+
+
+def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype=jnp.float64):
+    fn = jconv_fn(case)
+    kwargs = case.jconv_kwargs()
+
+    def f(x, w, b):
+        y = fn(to_layout(case, x), w, b, lowering=lowering, **kwargs)
+        return from_layout(case, y)
+
+    args = tuple(None if a is None else jnp.asarray(a, dtype) for a in (x, w, b))
+    if b is None:
+        y, vjp = jax.vjp(lambda x, w: f(x, w, None), *args[:2])
+        gx, gw = vjp(jnp.asarray(cotangent, y.dtype))
+        gb = None
+    else:
+        y, vjp = jax.vjp(f, *args)
+        gx, gw, gb = vjp(jnp.asarray(cotangent, y.dtype))
+    return tuple(None if a is None else np.asarray(a, np.float64) for a in (y, gx, gw, gb))
+
+
+def assert_parity(case: Case, lowering: str, seed: int = 0, rtol=1e-9, atol=1e-9):
+    x, w, b = case.arrays(seed)
+    # Shape of the output from torch decides the cotangent.
+    y_t, *_ = torch_forward_and_grads(case, x, w, b, np.zeros(1))
+    cot = np.random.default_rng(seed + 1).standard_normal(y_t.shape)
+    expected = torch_forward_and_grads(case, x, w, b, cot)
+    got = jconv_forward_and_grads(case, lowering, x, w, b, cot)
+    for name, e, g in zip(("output", "grad_input", "grad_weight", "grad_bias"), expected, got):
+        if e is None:
+            assert g is None
+            continue
+        assert g.shape == e.shape, f"{name}: shape {g.shape} != torch {e.shape} for {case}"
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"{name} mismatch for {case} ({lowering})")

@@ -1,0 +1,208 @@
+"""jit / vmap / jvp / grad, retracing, dtypes, empty inputs, and the HLO that jconv emits."""
+
+from __future__ import annotations
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from jax import lax
+from jax.test_util import check_grads
+
+import jconv
+from jconv import functional
+
+
+def rand(*shape, seed=0, dtype=jnp.float64):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+class TestJitVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_conv2d_matches_torch(self):
+        x, w, b = rand(2, 4, 9, 7), rand(6, 2, 3, 3, seed=1), rand(6, seed=2)
+        f = self.variant(lambda x, w, b: jconv.conv2d(x, w, b, stride=2, padding=(1, 2), groups=2,
+                                                      padding_mode="reflect"))
+        expected = torch.nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), groups=2, padding_mode="reflect").double()
+        expected.weight.data = torch.tensor(np.asarray(w))
+        expected.bias.data = torch.tensor(np.asarray(b))
+        np.testing.assert_allclose(f(x, w, b), expected(torch.tensor(np.asarray(x))).detach().numpy(), rtol=1e-10,
+                                   atol=1e-10)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_conv_transpose1d_output_size_matches_torch(self):
+        x, w = rand(2, 4, 7), rand(4, 3, 5, seed=1)
+        f = self.variant(lambda x, w: jconv.conv_transpose1d(x, w, stride=3, padding=1, output_size=[21]))
+        m = torch.nn.ConvTranspose1d(4, 3, 5, stride=3, padding=1, bias=False).double()
+        m.weight.data = torch.tensor(np.asarray(w))
+        ref = m(torch.tensor(np.asarray(x)), output_size=[21]).detach().numpy()
+        assert ref.shape == (2, 3, 21)
+        np.testing.assert_allclose(f(x, w), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_equal_configs_do_not_retrace():
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(x, w):
+        return jconv.conv2d(x, w, stride=(2, 2), padding="valid", groups=2)
+
+    for seed in range(3):
+        f(rand(1, 4, 8, 8, seed=seed), rand(4, 2, 3, 3, seed=seed))
+
+
+def test_eager_calls_reuse_the_compiled_core():
+    """The spec is the cache key of jconv's jitted core: equal configs written differently hit one entry."""
+    x, w = rand(1, 3, 8, 8), rand(5, 3, 3, 3)
+    jconv.conv2d(x, w, stride=2, padding=1)
+    before = functional._run._cache_size()
+    jconv.conv2d(x + 1, w, stride=(2, 2), padding=[1, 1], dilation=(1,))
+    assert functional._run._cache_size() == before
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_vmap_over_extra_leading_axis(channels_last):
+    xs = rand(3, 2, 4, 6, 6) if not channels_last else rand(3, 2, 6, 6, 4)
+    w = rand(4, 1, 3, 3, seed=1)
+    f = lambda x: jconv.conv2d(x, w, padding=1, groups=4, channels_last=channels_last)
+    np.testing.assert_allclose(jax.vmap(f)(xs), jnp.stack([f(x) for x in xs]), rtol=1e-12, atol=1e-12)
+
+
+def test_vmap_over_weights_and_unbatched_inputs():
+    x, ws = rand(3, 10), rand(5, 2, 3, 4, seed=1)  # five weight sets, unbatched conv1d input
+    f = lambda w: jconv.conv1d(x, w, stride=2)
+    np.testing.assert_allclose(jax.vmap(f)(ws), jnp.stack([f(w) for w in ws]), rtol=1e-12, atol=1e-12)
+
+
+def test_jvp_is_the_linear_map():
+    """conv is bilinear: d/dx (x*w)[t] = t*w and d/dw (x*w)[t] = x*t, exactly."""
+    x, w, b = rand(2, 4, 7, 7), rand(4, 2, 3, 3, seed=1), rand(4, seed=2)
+    tx, tw, tb = rand(2, 4, 7, 7, seed=3), rand(4, 2, 3, 3, seed=4), rand(4, seed=5)
+    kw = dict(stride=2, padding=1, dilation=1, groups=2)
+    f = lambda x, w, b: jconv.conv2d(x, w, b, **kw)
+    y, ty = jax.jvp(f, (x, w, b), (tx, tw, tb))
+    expected = jconv.conv2d(tx, w, **kw) + jconv.conv2d(x, tw, **kw) + tb[None, :, None, None]
+    np.testing.assert_allclose(ty, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn,xs,ws,kw", [
+    (jconv.conv1d, (1, 2, 9), (4, 1, 3), dict(groups=2, stride=2, dilation=2, padding_mode="circular", padding=2)),
+    (jconv.conv2d, (1, 2, 6, 5), (2, 2, 2, 3), dict(padding="same", padding_mode="replicate")),
+    (jconv.conv_transpose2d, (1, 2, 4, 3), (2, 3, 3, 2), dict(stride=2, output_padding=1, padding=1)),
+])
+def test_check_grads_second_order(fn, xs, ws, kw):
+    check_grads(lambda x, w: fn(x, w, **kw), (rand(*xs), rand(*ws, seed=1)), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2), (jnp.float16, 2e-3)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_low_precision_dtypes_against_float64_torch(dtype, rtol, transposed):
+    x, w, b = rand(2, 4, 8, 8), rand(4, 2, 3, 3, seed=1), rand(4, seed=2)
+    if transposed:
+        ref = F.conv_transpose2d(*(torch.tensor(np.asarray(a)) for a in (x, w, b)), stride=2, groups=2).numpy()
+        y = jconv.conv_transpose2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), stride=2, groups=2)
+    else:
+        ref = F.conv2d(*(torch.tensor(np.asarray(a)) for a in (x, w, b)), padding=1, groups=2).numpy()
+        y = jconv.conv2d(x.astype(dtype), w.astype(dtype), b.astype(dtype), padding=1, groups=2)
+    assert y.dtype == dtype
+    # Error relative to the output's scale: inputs are rounded to `dtype` before the conv too.
+    err = np.abs(np.asarray(y, np.float64) - ref).max() / np.abs(ref).max()
+    assert err < 4 * rtol, err
+
+
+def test_preferred_element_type_gives_float32_output_from_bf16():
+    x, w, b = (a.astype(jnp.bfloat16) for a in (rand(1, 2, 6, 6), rand(3, 2, 3, 3, seed=1), rand(3, seed=2)))
+    y = jconv.conv2d(x, w, b, preferred_element_type=jnp.float32)
+    assert y.dtype == jnp.float32
+    ref = F.conv2d(*(torch.tensor(np.asarray(a, np.float64)) for a in (x, w, b))).numpy()
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)  # exact products of bf16 inputs
+
+
+def test_precision_passes_through_to_lax():
+    x, w = rand(1, 2, 6, 6, dtype=jnp.float32), rand(3, 2, 3, 3, seed=1, dtype=jnp.float32)
+    text = jax.jit(lambda x, w: jconv.conv2d(x, w, precision="highest")).lower(x, w).as_text()
+    assert "HIGHEST" in text
+
+
+@pytest.mark.parametrize("fn,xs,ws,expected", [
+    (jconv.conv2d, (0, 4, 5, 5), (6, 2, 3, 3), (0, 6, 3, 3)),
+    (jconv.conv2d, (1, 0, 5, 5), (6, 0, 3, 3), (1, 0, 3, 3)),  # torch returns zero channels here too
+    (jconv.conv_transpose2d, (0, 4, 5, 5), (4, 3, 3, 3), (0, 3, 7, 7)),
+])
+def test_empty_inputs_give_empty_outputs_like_torch(fn, xs, ws, expected):
+    groups = 2 if ws == (6, 2, 3, 3) else 1
+    torch_fn = F.conv2d if fn is jconv.conv2d else F.conv_transpose2d
+    assert torch_fn(torch.zeros(xs), torch.zeros(ws), groups=groups).shape == expected
+    y = fn(jnp.zeros(xs), jnp.zeros(ws), groups=groups)
+    assert y.shape == expected
+    g = jax.grad(lambda w: fn(jnp.ones(xs), w, groups=groups).sum())(jnp.ones(ws))
+    assert g.shape == ws and not np.any(np.asarray(g))
+
+
+def _conv_instructions(hlo: str):
+    # Operand names and source metadata differ between the two programs; the convolution itself must not.
+    return [re.sub(r"%\S+|, metadata=\{.*\}", "", line.split("=", 1)[1]).strip()
+            for line in hlo.splitlines() if " convolution(" in line]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_zero_padding_folds_into_the_hlo_convolution(channels_last):
+    """jit(jconv.conv2d) compiles to the same convolution as the hand-written lax call, with no pad op."""
+    x = jax.ShapeDtypeStruct((2, 9, 9, 8) if channels_last else (2, 8, 9, 9), jnp.float32)
+    w = jax.ShapeDtypeStruct((16, 4, 3, 3), jnp.float32)
+    dn = ("NHWC", "OIHW", "NHWC") if channels_last else ("NCHW", "OIHW", "NCHW")
+    ours = jax.jit(lambda x, w: jconv.conv2d(x, w, stride=2, padding=(1, 2), dilation=(2, 1), groups=2,
+                                             channels_last=channels_last)).lower(x, w).compile().as_text()
+    theirs = jax.jit(lambda x, w: lax.conv_general_dilated(
+        x, w, (2, 2), ((1, 1), (2, 2)), rhs_dilation=(2, 1), dimension_numbers=dn, feature_group_count=2,
+    )).lower(x, w).compile().as_text()
+    assert _conv_instructions(ours) == _conv_instructions(theirs)
+    assert len(_conv_instructions(ours)) == 1
+    assert " pad(" not in ours
+
+
+def test_non_zero_padding_modes_use_no_gather():
+    """Gathers have scatter-add gradients, non-deterministic on GPU; the pads are slices and concatenations."""
+    x, w = rand(1, 2, 6, 6), rand(2, 2, 3, 3, seed=1)
+    for mode in ("reflect", "replicate", "circular"):
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jconv.conv2d(x, w, padding=2, padding_mode=mode).sum()))(x))
+        assert "gather" not in jaxpr and "scatter" not in jaxpr, mode
+
+
+def test_circular_padding_commutes_with_roll():
+    x, w = rand(1, 2, 8, 8), rand(3, 2, 3, 3, seed=1)
+    f = lambda x: jconv.conv2d(x, w, padding=1, padding_mode="circular")
+    np.testing.assert_allclose(f(jnp.roll(x, (2, -3), (2, 3))), jnp.roll(f(x), (2, -3), (2, 3)), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_explain_names_the_lowering():
+    choice = jconv.explain(jconv.conv2d, jax.ShapeDtypeStruct((8, 64, 56, 56), jnp.float32),
+                           jax.ShapeDtypeStruct((64, 1, 3, 3), jnp.float32), padding=1, groups=64)
+    assert choice.lowering in jconv.LOWERING_NAMES
+    assert "conv2d" in str(choice) and "g=64" in str(choice)
+    forced = jconv.explain(jconv.conv2d, jnp.zeros((1, 2, 5, 5)), jnp.zeros((2, 2, 3, 3)), lowering="xla")
+    assert forced.lowering == "xla" and "explicitly" in forced.reason
+
+
+def test_float32_grid_against_torch():
+    from parity import assert_parity
+    from references import Case
+
+    for case in [Case(n=2, transposed=False, batch=2, in_channels=4, out_channels=4, spatial=(9, 9), kernel=(3, 3),
+                      groups=4, padding=1),
+                 Case(n=1, transposed=True, batch=2, in_channels=3, out_channels=2, spatial=(7,), kernel=(4,),
+                      stride=(2,), padding=1)]:
+        x, w, b = case.arrays()
+        from parity import jconv_forward_and_grads
+        from references import torch_forward_and_grads
+
+        cot = np.ones(torch_forward_and_grads(case, x, w, b, np.zeros(1))[0].shape)
+        expected = torch_forward_and_grads(case, x, w, b, cot)
+        got = jconv_forward_and_grads(case, "auto", x, w, b, cot, dtype=jnp.float32)
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
