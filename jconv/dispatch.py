@@ -8,10 +8,12 @@ result it came from. A user's explicit `lowering="<name>"` skips the table but i
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable, Optional
 
 import jax
 
+from jconv.determinism import are_deterministic_algorithms_enabled, is_deterministic_algorithms_warn_only_enabled
 from jconv.lowerings import xla
 from jconv.spec import ConvSpec
 
@@ -56,8 +58,6 @@ def current_platform() -> str:
 
 def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Optional[bool] = None) -> Choice:
     """The lowering for `spec` on `platform` (default: JAX's default backend)."""
-    from jconv.determinism import are_deterministic_algorithms_enabled
-
     platform = platform or current_platform()
     if deterministic is None:
         deterministic = are_deterministic_algorithms_enabled()
@@ -67,10 +67,11 @@ def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Option
         if refusal is not None:
             raise ValueError(f"{spec.op}: lowering={spec.lowering!r} cannot handle this convolution: {refusal}")
         if deterministic and not module.DETERMINISTIC:
-            raise RuntimeError(
-                f"{spec.op}: lowering={spec.lowering!r} is not deterministic, but "
-                "jconv.use_deterministic_algorithms(True) is in effect"
-            )
+            message = (f"{spec.op}: lowering={spec.lowering!r} is not deterministic, but "
+                       "jconv.use_deterministic_algorithms(True) is in effect")
+            if not is_deterministic_algorithms_warn_only_enabled():
+                raise RuntimeError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
         return Choice(spec.lowering, "chosen explicitly by the caller", platform, spec)
     for rule in RULES:
         module = LOWERINGS[rule.lowering]
