@@ -14,10 +14,10 @@ from typing import Callable, Optional
 import jax
 
 from jconv.determinism import are_deterministic_algorithms_enabled, is_deterministic_algorithms_warn_only_enabled
-from jconv.lowerings import xla
+from jconv.lowerings import dilated, grouped, matmul, phase, taps, xla
 from jconv.spec import ConvSpec
 
-LOWERINGS = {m.NAME: m for m in (xla,)}
+LOWERINGS = {m.NAME: m for m in (xla, taps, grouped, matmul, dilated, phase)}
 LOWERING_NAMES = tuple(LOWERINGS)
 
 
@@ -33,9 +33,41 @@ def _always(spec: ConvSpec) -> bool:
     return True
 
 
+def _depthwise(spec: ConvSpec) -> bool:
+    return not spec.transposed and spec.groups > 1 and spec.in_per_group == 1
+
+
+def _grouped(spec: ConvSpec) -> bool:
+    return not spec.transposed and spec.groups > 1 and spec.in_per_group > 1
+
+
+def _pointwise(spec: ConvSpec) -> bool:
+    return not spec.transposed and spec.groups == 1 and all(k == 1 for k in spec.kernel_size)
+
+
+def _transposed(spec: ConvSpec) -> bool:
+    return spec.transposed
+
+
+# Read top to bottom; the first rule that applies, whose lowering accepts the spec (and, in deterministic mode,
+# is deterministic), wins. Numbers are forward / forward+backward medians (ms) from benchmarks/results/cpu.md
+# (python benchmarks/run.py; 2-core CPU, jax 0.10.2, torch 2.13 for reference).
+# On GPU and TPU no jconv lowering has been measured yet (no accelerator was lent), so they keep XLA's own
+# convolution until benchmarks/run.py has been run there.
 RULES = (
+    Rule("taps", ("cpu",), _depthwise,
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 121 / 385, "
+         "taps 2.2 / 22; Mamba conv1d k4: lax 111 / 26778, taps 2.0 / 23"),
+    Rule("grouped", ("cpu",), _grouped,
+         "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 13 / 576, grouped 4.2 / 12"),
+    Rule("matmul", ("cpu",), _pointwise,
+         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 7.2 / 15.2, matmul 3.1 / 7.1"),
+    Rule("phase", ("cpu",), _transposed,
+         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 9.1 / 124, "
+         "phase 6.1 / 17"),
     Rule("xla", (), _always,
-         "fallback: lax.conv_general_dilated handles every configuration"),
+         "lax.conv_general_dilated: the fastest measured path for dense convs (including dilated ones on CPU: "
+         "space-to-batch measured 58 vs 22 forward), and the only one measured on GPU/TPU so far"),
 )
 
 

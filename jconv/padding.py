@@ -11,16 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jconv.lowerings.common import spatial_axes
 from jconv.spec import ConvSpec
 
 # PyTorch's padding_mode -> jnp.pad's mode.
 _JNP_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-def spatial_axes(spec: ConvSpec) -> tuple:
-    """Axes of the spatial dimensions in a batched array of the spec's layout."""
-    first = 1 if spec.channels_last else 2
-    return tuple(range(first, first + spec.ndim))
 
 
 def apply_padding_mode(spec: ConvSpec, x: jax.Array) -> jax.Array:

@@ -150,15 +150,18 @@ def _conv_instructions(hlo: str):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_zero_padding_folds_into_the_hlo_convolution(channels_last):
-    """jit(jconv.conv2d) compiles to the same convolution as the hand-written lax call, with no pad op."""
+@pytest.mark.parametrize("groups,lowering", [(2, "xla"), (1, "auto")])
+def test_zero_padding_folds_into_the_hlo_convolution(channels_last, groups, lowering):
+    """jit(jconv.conv2d) compiles to the same convolution as the hand-written lax call, with no pad op
+    (for a dense conv, auto picks xla on every platform)."""
     x = jax.ShapeDtypeStruct((2, 9, 9, 8) if channels_last else (2, 8, 9, 9), jnp.float32)
-    w = jax.ShapeDtypeStruct((16, 4, 3, 3), jnp.float32)
+    w = jax.ShapeDtypeStruct((16, 8 // groups, 3, 3), jnp.float32)
     dn = ("NHWC", "OIHW", "NHWC") if channels_last else ("NCHW", "OIHW", "NCHW")
-    ours = jax.jit(lambda x, w: jconv.conv2d(x, w, stride=2, padding=(1, 2), dilation=(2, 1), groups=2,
-                                             channels_last=channels_last)).lower(x, w).compile().as_text()
+    ours = jax.jit(lambda x, w: jconv.conv2d(x, w, stride=2, padding=(1, 2), dilation=(2, 1), groups=groups,
+                                             channels_last=channels_last, lowering=lowering)
+                   ).lower(x, w).compile().as_text()
     theirs = jax.jit(lambda x, w: lax.conv_general_dilated(
-        x, w, (2, 2), ((1, 1), (2, 2)), rhs_dilation=(2, 1), dimension_numbers=dn, feature_group_count=2,
+        x, w, (2, 2), ((1, 1), (2, 2)), rhs_dilation=(2, 1), dimension_numbers=dn, feature_group_count=groups,
     )).lower(x, w).compile().as_text()
     assert _conv_instructions(ours) == _conv_instructions(theirs)
     assert len(_conv_instructions(ours)) == 1

@@ -40,3 +40,41 @@ def transposed_as_conv_padding(spec: ConvSpec) -> tuple:
 def channel_axis(spec: ConvSpec) -> int:
     """Channel axis of a batched array in the spec's layout."""
     return spec.ndim + 1 if spec.channels_last else 1
+
+
+def spatial_axes(spec: ConvSpec) -> tuple:
+    """Axes of the spatial dimensions in a batched array of the spec's layout."""
+    first = 1 if spec.channels_last else 2
+    return tuple(range(first, first + spec.ndim))
+
+
+def zero_pad(spec: ConvSpec, x: jax.Array, extra_hi=None) -> jax.Array:
+    """Apply the spec's zero padding explicitly (for lowerings that slice the input themselves)."""
+    extra_hi = extra_hi or (0,) * spec.ndim
+    config = [(0, 0, 0)] * x.ndim
+    for axis, (lo, hi), e in zip(spatial_axes(spec), spec.lowering_padding, extra_hi):
+        config[axis] = (lo, hi + e, 0)
+    if all(c == (0, 0, 0) for c in config):
+        return x
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def tap_slice(spec: ConvSpec, x: jax.Array, tap) -> jax.Array:
+    """The input elements that kernel tap `tap` meets, for every output position: a strided, offset slice."""
+    start = [0] * x.ndim
+    limit = list(x.shape)
+    strides = [1] * x.ndim
+    for axis, t, d, o, s in zip(spatial_axes(spec), tap, spec.dilation, spec.out_spatial, spec.stride):
+        start[axis] = t * d
+        limit[axis] = t * d + (o - 1) * s + 1
+        strides[axis] = s
+    return jax.lax.slice(x, start, limit, strides)
+
+
+def accumulation_dtype(spec: ConvSpec):
+    """Sums of products run in at least float32, as XLA's own convolutions do for half types."""
+    return jnp.promote_types(spec.dtype, jnp.float32)
+
+
+def output_dtype(spec: ConvSpec):
+    return spec.preferred_element_type or spec.dtype

@@ -1,0 +1,372 @@
+"""Benchmark every jconv lowering against plain lax, flax.linen.Conv and torch, side by side in one run.
+
+    python benchmarks/run.py                       # the suite for this platform (CPU: under 10 minutes here)
+    python benchmarks/run.py --only dw7x7 --quick  # a subset, fewer repetitions
+    python benchmarks/run.py --out benchmarks/results/gpu_h100   # on a GPU machine
+
+It first measures the machine's ceilings (copy bandwidth, matmul rate), then for each layer shape times the
+forward and the forward+backward (gradients w.r.t. input and weight) of: plain lax.conv_general_dilated, every
+jconv lowering that accepts the shape, flax.linen.Conv (if installed) and torch (if installed). `auto` is the
+lowering jconv's dispatch picks, so its time is that lowering's time from the same run. Times are medians of
+calls after compilation, the variants of
+one layer timed round-robin over several rounds so that machine drift affects them alike. Writes <out>.json, <out>.md and <out>.png (speed-up over lax per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jconv  # noqa: E402
+from jconv import dispatch, spec as spec_mod  # noqa: E402
+from jconv.lowerings import xla as xla_lowering  # noqa: E402
+from suites import SUITES  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+try:
+    import flax.linen as flax_nn
+except ImportError:
+    flax_nn = None
+
+
+# --- timing -------------------------------------------------------------------------------------------------
+
+
+def interleaved_medians(calls: dict, rounds: int = 4, round_time: float = 0.15, max_reps: int = 5,
+                        slow: float = 3.0) -> dict:
+    """Median seconds per call, the calls timed round-robin so that machine drift hits all of them alike.
+
+    `calls` maps a key to (call, sync). A call whose warm-up run takes over `slow` seconds is run only once more.
+    Returns {key: (median seconds, number of samples)}.
+    """
+    samples = {key: [] for key in calls}
+    single = set()
+    for key, (call, sync) in calls.items():
+        start = time.perf_counter()
+        sync(call())
+        if time.perf_counter() - start > slow:
+            single.add(key)
+    for key in single:
+        call, sync = calls[key]
+        start = time.perf_counter()
+        sync(call())
+        samples[key].append(time.perf_counter() - start)
+    for _ in range(rounds):
+        for key, (call, sync) in calls.items():
+            if key in single:
+                continue
+            spent = 0.0
+            for _ in range(max_reps):
+                start = time.perf_counter()
+                sync(call())
+                elapsed = time.perf_counter() - start
+                samples[key].append(elapsed)
+                spent += elapsed
+                if spent > round_time:
+                    break
+    return {key: (statistics.median(v), len(v)) for key, v in samples.items()}
+
+
+def median_time(call, sync):
+    """Median seconds of one call (for the ceilings)."""
+    return interleaved_medians({0: (call, sync)})[0]
+
+
+def jax_sync(out):
+    jax.block_until_ready(out)
+
+
+def torch_sync(out):
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_ceilings(platform_name: str) -> dict:
+    """Copy bandwidth (bytes read + written per second) and matmul rate on this device."""
+    n = (256 if platform_name != "cpu" else 64) * 2**20 // 4
+    a = jnp.ones((n,), jnp.float32)
+    copy = jax.jit(lambda a: a * 1.0001).lower(a).compile()
+    t_copy, _ = median_time(lambda: copy(a), jax_sync)
+    size, dtype = (8192, jnp.bfloat16) if platform_name != "cpu" else (2048, jnp.float32)
+    m = jnp.ones((size, size), dtype)
+    mm = jax.jit(lambda a, b: a @ b).lower(m, m).compile()
+    t_mm, _ = median_time(lambda: mm(m, m), jax_sync)
+    return {"copy_GBps": 2 * n * 4 / t_copy / 1e9, "matmul_TFLOPs": 2 * size**3 / t_mm / 1e12,
+            "matmul_dtype": jnp.dtype(dtype).name}
+
+
+# --- the variants -------------------------------------------------------------------------------------------
+
+
+def make_arrays(case, rng):
+    dtype = jnp.dtype(case.dtype)
+    x = rng.standard_normal(case.input_shape).astype(np.float32)
+    if case.channels_last:
+        x = np.moveaxis(x, 1, -1)
+    w = (rng.standard_normal(case.weight_shape) * 0.1).astype(np.float32)
+    return jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+
+
+def jconv_spec(case, x, w):
+    return getattr(jconv, case.fn).build_spec(x, w, None, channels_last=case.channels_last, **case.options)
+
+
+def plain_lax(spec):
+    """What a JAX user writes by hand: one lax.conv_general_dilated (the textbook form for transposed convs)."""
+    if spec.transposed:
+        return lambda x, w: xla_lowering.lower(spec, x, w)
+    from jconv.lowerings.common import dimension_numbers
+
+    return lambda x, w: lax.conv_general_dilated(
+        x, w, spec.stride, spec.padding, rhs_dilation=spec.dilation, dimension_numbers=dimension_numbers(spec),
+        feature_group_count=spec.groups)
+
+
+def flax_conv(spec, w):
+    """flax.linen.Conv with the same weights; it takes channels-last input, so NCHW inputs are transposed."""
+    if flax_nn is None or spec.transposed or spec.padding_mode != "zeros":
+        return None, None
+    module = flax_nn.Conv(features=spec.out_channels, kernel_size=spec.kernel_size, strides=spec.stride,
+                          padding=list(spec.padding), kernel_dilation=spec.dilation,
+                          feature_group_count=spec.groups, use_bias=False, dtype=spec.dtype, param_dtype=spec.dtype)
+    kernel = jnp.moveaxis(w, (0, 1), (-1, -2))  # (O, I, *k) -> (*k, I, O)
+
+    def f(x, kernel):
+        if not spec.channels_last:
+            x = jnp.moveaxis(x, 1, -1)
+        y = module.apply({"params": {"kernel": kernel}}, x)
+        return y if spec.channels_last else jnp.moveaxis(y, -1, 1)
+
+    return f, kernel
+
+
+def torch_variant(case, x, w):
+    if torch is None:
+        return None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[case.dtype]
+    if device == "cpu" and dtype != torch.float32:
+        return None
+    xt = torch.tensor(np.asarray(x, np.float32), device=device, dtype=dtype)
+    if case.channels_last:
+        xt = xt.movedim(-1, 1).contiguous(memory_format=torch.channels_last if xt.ndim == 4 else
+                                          torch.channels_last_3d if xt.ndim == 5 else torch.contiguous_format)
+    wt = torch.tensor(np.asarray(w, np.float32), device=device, dtype=dtype)
+    fn = getattr(F, case.fn)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = True
+    forward = lambda: fn(xt, wt, **case.options)
+    with torch.no_grad():
+        y = forward()
+    g = torch.randn_like(y)
+    xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+
+    def fwd_bwd():
+        xg.grad = wg.grad = None
+        out = fn(xg, wg, **case.options)
+        out.backward(g)
+        return out
+
+    def fwd():
+        with torch.no_grad():
+            return forward()
+
+    return fwd, fwd_bwd
+
+
+def jax_pair(f, x, w):
+    """Compiled forward and forward+backward (output and gradients w.r.t. both arguments)."""
+    fwd = jax.jit(f).lower(x, w).compile()
+    y = fwd(x, w)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), y.dtype)
+
+    def fb(x, w, g):
+        out, vjp = jax.vjp(f, x, w)
+        return (out, *vjp(g))
+
+    both = jax.jit(fb).lower(x, w, g).compile()
+    return (lambda: fwd(x, w)), (lambda: both(x, w, g))
+
+
+# --- one run ------------------------------------------------------------------------------------------------
+
+
+def run(cases, quick: bool, progress=True) -> dict:
+    platform_name = jax.default_backend()
+    ceilings = measure_ceilings(platform_name)
+    rng = np.random.default_rng(0)
+    rows = []
+    plan = []
+    for case in cases:
+        x, w = make_arrays(case, rng)
+        spec = jconv_spec(case, x, w)
+        variants = {"lax": (plain_lax(spec), w)}
+        for name, module in dispatch.LOWERINGS.items():
+            if module.accepts(spec) is None:
+                variants[name] = (
+                    lambda x, w, name=name: getattr(jconv, case.fn)(x, w, channels_last=case.channels_last,
+                                                                    lowering=name, **case.options), w)
+        flax_f, flax_w = flax_conv(spec, w)
+        if flax_f is not None:
+            variants["flax"] = (flax_f, flax_w)
+        plan.append((case, x, w, spec, variants))
+    kw = dict(rounds=2, round_time=0.05, max_reps=3) if quick else {}
+    for index, (case, x, w, spec, variants) in enumerate(plan, 1):
+        if progress:
+            print(f"[{index:2d}/{len(plan)}] {case.label():34s} {', '.join(variants)}"
+                  f"{', torch' if torch is not None else ''} ...", end="", file=sys.stderr, flush=True)
+        auto = dispatch.select(spec).lowering
+        row = {"case": case.label(), "name": case.name, "fn": case.fn, "dtype": case.dtype,
+               "channels_last": case.channels_last, "input": list(case.input_shape), "weight": list(case.weight_shape),
+               "options": case.options, "auto": auto, "flops": spec_mod.flops(spec),
+               "bytes": (x.size + w.size + math.prod(spec.out_shape)) * x.dtype.itemsize, "times": {}}
+        calls = {}
+        for name, (f, wv) in variants.items():
+            fwd, fb = jax_pair(f, x, wv)
+            calls[(name, "fwd_ms")] = (fwd, jax_sync)
+            calls[(name, "fwd_bwd_ms")] = (fb, jax_sync)
+        pair = torch_variant(case, x, w) if torch is not None else None
+        if pair is not None:
+            calls[("torch", "fwd_ms")] = (pair[0], torch_sync)
+            calls[("torch", "fwd_bwd_ms")] = (pair[1], torch_sync)
+        started = time.perf_counter()
+        for (name, kind), (seconds, reps) in interleaved_medians(calls, **kw).items():
+            entry = row["times"].setdefault(name, {"reps": {}})
+            entry[kind] = seconds * 1e3
+            entry["reps"][kind] = reps
+        row["times"]["auto"] = dict(row["times"][auto], lowering=auto)
+        rows.append(row)
+        if progress:
+            t = row["times"]
+            print(f" {time.perf_counter() - started:5.1f} s; fwd+bwd lax {t['lax']['fwd_bwd_ms']:.1f} ms, auto "
+                  f"({auto}) {t['auto']['fwd_bwd_ms']:.1f} ms", file=sys.stderr, flush=True)
+    device = jax.devices()[0]
+    return {
+        "date": datetime.date.today().isoformat(), "platform": platform_name,
+        "device": getattr(device, "device_kind", str(device)), "host_cpus": os.cpu_count(),
+        "machine": platform.platform(), "jax": jax.__version__, "torch": getattr(torch, "__version__", None),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "command": "python " + " ".join(sys.argv), "ceilings": ceilings, "rows": rows,
+    }
+
+
+# --- reporting ----------------------------------------------------------------------------------------------
+
+
+def markdown(report: dict) -> str:
+    c = report["ceilings"]
+    lines = [
+        f"# jconv benchmark: {report['device']} ({report['platform']}), jax {report['jax']}, "
+        f"torch {report['torch']}, {report['date']}",
+        "",
+        f"Command: `{report['command']}`. Machine: {report['machine']}, {report['host_cpus']} CPUs.",
+        f"Ceilings measured in the same run: copy {c['copy_GBps']:.1f} GB/s (read + write), "
+        f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.3f} TFLOP/s.",
+        "",
+        "Median ms; `auto` is the lowering jconv picks (named), timed in this run. Speed-ups are lax / auto. "
+        "GB/s and TFLOP/s are auto's forward (useful bytes: input + weight + output; useful FLOPs).",
+        "",
+        "| layer | auto picks | lax fwd | auto fwd | fwd speed-up | lax fwd+bwd | auto fwd+bwd | fwd+bwd speed-up "
+        "| torch fwd | torch fwd+bwd | auto / torch (fwd+bwd) | flax fwd+bwd | GB/s (% copy) | TFLOP/s (% matmul) |",
+        "|" + "---|" * 14,
+    ]
+    for row in report["rows"]:
+        t = row["times"]
+        lax_t, auto_t, torch_t, flax_t = t["lax"], t["auto"], t.get("torch"), t.get("flax")
+        gbs = row["bytes"] / (auto_t["fwd_ms"] / 1e3) / 1e9
+        tfs = row["flops"] / (auto_t["fwd_ms"] / 1e3) / 1e12
+        fmt = lambda v: f"{v:.2f}" if v is not None else "–"
+        lines.append(
+            f"| {row['case']} | {row['auto']} | {fmt(lax_t['fwd_ms'])} | {fmt(auto_t['fwd_ms'])} | "
+            f"{lax_t['fwd_ms'] / auto_t['fwd_ms']:.2f}x | {fmt(lax_t['fwd_bwd_ms'])} | {fmt(auto_t['fwd_bwd_ms'])} | "
+            f"{lax_t['fwd_bwd_ms'] / auto_t['fwd_bwd_ms']:.2f}x | "
+            f"{fmt(torch_t['fwd_ms'] if torch_t else None)} | {fmt(torch_t['fwd_bwd_ms'] if torch_t else None)} | "
+            f"{(auto_t['fwd_bwd_ms'] / torch_t['fwd_bwd_ms']) if torch_t else float('nan'):.2f} | "
+            f"{fmt(flax_t['fwd_bwd_ms'] if flax_t else None)} | "
+            f"{gbs:.1f} ({100 * gbs / report['ceilings']['copy_GBps']:.0f}%) | "
+            f"{tfs:.3f} ({100 * tfs / report['ceilings']['matmul_TFLOPs']:.0f}%) |")
+    lines += ["", "Every lowering (fwd / fwd+bwd ms):", "", "| layer | " + " | ".join(
+        n for n in ["lax", *dispatch.LOWERING_NAMES, "flax", "torch"]) + " |", "|" + "---|" * (len(
+            dispatch.LOWERING_NAMES) + 4)]
+    for row in report["rows"]:
+        cells = []
+        for n in ["lax", *dispatch.LOWERING_NAMES, "flax", "torch"]:
+            v = row["times"].get(n)
+            cells.append(f"{v['fwd_ms']:.2f} / {v['fwd_bwd_ms']:.2f}" if v else "–")
+        lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = report["rows"]
+    labels = [r["case"] for r in rows]
+    fwd = [r["times"]["lax"]["fwd_ms"] / r["times"]["auto"]["fwd_ms"] for r in rows]
+    fb = [r["times"]["lax"]["fwd_bwd_ms"] / r["times"]["auto"]["fwd_bwd_ms"] for r in rows]
+    tor = [r["times"]["lax"]["fwd_bwd_ms"] / r["times"]["torch"]["fwd_bwd_ms"] if "torch" in r["times"] else 0
+           for r in rows]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    ax.barh(y - 0.27, fwd, 0.27, label="jconv auto, forward")
+    ax.barh(y, fb, 0.27, label="jconv auto, forward+backward")
+    ax.barh(y + 0.27, tor, 0.27, label="torch, forward+backward", color="0.7")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up over plain lax.conv_general_dilated (log scale)")
+    ax.set_title(f"jconv on {report['device']} ({report['platform']}), jax {report['jax']}, {report['date']}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated substrings of layer names to run")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--out", default=None, help="output prefix (default benchmarks/results/<platform>)")
+    args = parser.parse_args()
+    platform_name = jax.default_backend()
+    cases = SUITES[platform_name]
+    if args.only:
+        keys = args.only.split(",")
+        cases = [c for c in cases if any(k in c.label() for k in keys)]
+    report = run(cases, args.quick)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", platform_name)
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    text = markdown(report)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    plotted = plot(report, out + ".png")
+    print(text)
+    print(f"wrote {out}.json, {out}.md" + (f", {out}.png" if plotted else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

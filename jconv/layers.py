@@ -1,0 +1,216 @@
+"""What the NNX and Linen modules share: PyTorch's constructor checks, initialisation, repr and state_dict rules.
+
+The modules themselves (jconv.nn, jconv.linen) only hold parameters; the maths is jconv.functional. Nothing
+here imports Flax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jconv import functional
+from jconv.spec import PADDING_MODES, int_tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """A conv layer's hyper-parameters, validated and canonicalized as torch.nn.ConvNd does."""
+
+    name: str  # "Conv2d", "ConvTranspose1d", ...
+    ndim: int
+    transposed: bool
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Union[str, Tuple[int, ...]]
+    dilation: Tuple[int, ...]
+    groups: int
+    bias: bool
+    padding_mode: str
+    output_padding: Tuple[int, ...]
+
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        if self.transposed:
+            return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def fan_in(self) -> int:
+        """torch.nn.init._calculate_fan_in_and_fan_out(weight)[0]: weight.size(1) * prod(kernel)."""
+        return self.weight_shape[1] * math.prod(self.kernel_size)
+
+    def init(self, key: jax.Array, param_dtype: Any):
+        """PyTorch's reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-b, b) with b = 1/sqrt(fan_in), and
+        the bias is U(-b, b) with the same b."""
+        bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
+        w_key, b_key = jax.random.split(key)
+        weight = jax.random.uniform(w_key, self.weight_shape, param_dtype, -bound, bound)
+        bias = jax.random.uniform(b_key, (self.out_channels,), param_dtype, -bound, bound) if self.bias else None
+        return weight, bias
+
+    def apply(self, x, weight, bias, *, output_size=None, dtype=None, channels_last=False, precision=None,
+              lowering="auto"):
+        """The layer's forward pass: cast to the compute dtype, then the functional call."""
+        if dtype is None:  # as Flax: compute in the promoted dtype of input and parameters
+            dtype = jnp.result_type(*(a for a in (x, weight, bias) if a is not None))
+        x = jnp.asarray(x, dtype)
+        weight = jnp.asarray(weight, dtype)
+        bias = None if bias is None else jnp.asarray(bias, dtype)
+        fn = getattr(functional, f"conv_transpose{self.ndim}d" if self.transposed else f"conv{self.ndim}d")
+        common = dict(channels_last=channels_last, precision=precision, lowering=lowering)
+        if self.transposed:
+            return fn(x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation,
+                      output_size=output_size, **common)
+        if output_size is not None:
+            raise TypeError(f"{self.name}: output_size is only accepted by transposed convolutions")
+        return fn(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                  padding_mode=self.padding_mode, **common)
+
+    def extra_repr(self, **jconv_options) -> str:
+        """PyTorch's extra_repr (only non-default arguments beyond the first four), then jconv's non-defaults."""
+        n = self.ndim
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,) * n:
+            s += f", padding={self.padding}"  # torch prints padding=same, unquoted
+        if self.dilation != (1,) * n:
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * n:
+            s += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        defaults = {"dtype": None, "param_dtype": jnp.float32, "channels_last": False, "precision": None,
+                    "lowering": "auto"}
+        for key, value in jconv_options.items():
+            if key in defaults and value is not defaults[key] and value != defaults[key]:
+                shown = jnp.dtype(value).name if key.endswith("dtype") and value is not None else repr(value)
+                s += f", {key}={shown}"
+        return s
+
+
+def make_config(name: str, ndim: int, transposed: bool, in_channels, out_channels, kernel_size, stride=1,
+                padding=0, dilation=1, groups=1, bias=True, padding_mode="zeros", output_padding=0) -> LayerConfig:
+    """Validate a layer's arguments eagerly, with PyTorch's rules and messages (prefixed by the class name)."""
+    for arg, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}: {arg} must be an int, but got {value!r}")
+    if groups <= 0:
+        raise ValueError(f"{name}: groups must be a positive integer, but got groups={groups}")
+    if in_channels < 0 or out_channels < 0:
+        raise ValueError(f"{name}: channel counts must be non-negative, but got {in_channels}, {out_channels}")
+    if in_channels % groups != 0:
+        raise ValueError(f"{name}: in_channels must be divisible by groups, but got in_channels={in_channels}, "
+                         f"groups={groups}")
+    if out_channels % groups != 0:
+        raise ValueError(f"{name}: out_channels must be divisible by groups, but got out_channels={out_channels}, "
+                         f"groups={groups}")
+    kernel = int_tuple(name, "kernel_size", kernel_size, ndim)
+    if any(k <= 0 for k in kernel):
+        raise ValueError(f"{name}: kernel_size must be positive, but got kernel_size={kernel}")
+    stride_t = int_tuple(name, "stride", stride, ndim)
+    dilation_t = int_tuple(name, "dilation", dilation, ndim)
+    if any(s <= 0 for s in stride_t):
+        raise ValueError(f"{name}: non-positive stride is not supported, but got stride={stride_t}")
+    if any(d <= 0 for d in dilation_t):
+        raise ValueError(f"{name}: non-positive dilation is not supported, but got dilation={dilation_t}")
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"{name}: padding_mode must be one of {list(PADDING_MODES)}, but got "
+                         f"padding_mode={padding_mode!r}")
+    if isinstance(padding, str):
+        if transposed:
+            raise ValueError(f"{name}: padding must be an int or a tuple of ints, but got padding={padding!r}")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{name}: Invalid padding string {padding!r}, should be one of ['same', 'valid']")
+        if padding == "same" and any(s != 1 for s in stride_t):
+            raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
+        padding_t = padding
+    else:
+        padding_t = int_tuple(name, "padding", padding, ndim)
+        if any(p < 0 for p in padding_t):
+            raise ValueError(f"{name}: negative padding is not supported, but got padding={padding_t}")
+    output_padding_t = int_tuple(name, "output_padding", output_padding, ndim)
+    if transposed:
+        if padding_mode != "zeros":
+            raise ValueError(f'{name}: Only "zeros" padding mode is supported for {name}')
+        if any(p < 0 for p in output_padding_t):
+            raise ValueError(f"{name}: negative output_padding is not supported, but got {output_padding_t}")
+        if any(p >= s and p >= d for p, s, d in zip(output_padding_t, stride_t, dilation_t)):
+            raise ValueError(f"{name}: output padding must be smaller than either stride or dilation, but got "
+                             f"output_padding={output_padding_t}, stride={stride_t}, dilation={dilation_t}")
+    elif any(output_padding_t):
+        raise ValueError(f"{name}: output_padding is only accepted by transposed convolutions")
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"{name}: bias must be a bool, but got {bias!r}")
+    return LayerConfig(name, ndim, transposed, int(in_channels), int(out_channels), kernel, stride_t, padding_t,
+                       dilation_t, int(groups), bool(bias), padding_mode, output_padding_t)
+
+
+# --- state_dict interop, shared by the modules ----------------------------------------------------------------
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """NumPy arrays, JAX arrays, torch tensors (without importing torch), anything with __array__."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu()
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":  # NumPy has no bfloat16 of torch's
+            return np.asarray(jnp.asarray(value.float().numpy(), jnp.bfloat16))
+        return value.numpy()
+    if hasattr(value, "numpy") and not isinstance(value, (np.ndarray, jax.Array)):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
+def check_state_dict(name: str, mapping: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]],
+                     strict: bool) -> dict:
+    """Keys and shapes as torch's load_state_dict checks them; returns {key: np.ndarray} for known keys."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, but got "
+                        f"{type(mapping).__name__}")
+    missing = [k for k in expected if k not in mapping]
+    unexpected = [k for k in mapping if k not in expected]
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+        if unexpected:
+            parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+        raise KeyError(f"Error(s) in loading state_dict for {name}: " + " ".join(parts))
+    arrays = {}
+    for key, shape in expected.items():
+        if key not in mapping:
+            continue
+        array = to_numpy(mapping[key])
+        if tuple(array.shape) != tuple(shape):
+            raise ValueError(
+                f"Error(s) in loading state_dict for {name}: size mismatch for {key}: copying a param with shape "
+                f"{tuple(array.shape)} from checkpoint, the shape in current model is {tuple(shape)}.")
+        arrays[key] = array
+    return arrays
+
+
+TORCH_CLASSES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+
+
+def torch_module_arguments(module: Any) -> Tuple[str, dict]:
+    """(class name, constructor arguments) of a torch.nn conv module, read from its attributes."""
+    cls = type(module).__name__
+    if cls not in TORCH_CLASSES:
+        raise TypeError(f"from_torch: expected one of torch.nn.{', '.join(TORCH_CLASSES)}, but got {cls}")
+    args = dict(in_channels=module.in_channels, out_channels=module.out_channels, kernel_size=tuple(module.kernel_size),
+                stride=tuple(module.stride), padding=module.padding if isinstance(module.padding, str)
+                else tuple(module.padding), dilation=tuple(module.dilation), groups=module.groups,
+                bias=module.bias is not None, padding_mode=module.padding_mode)
+    if cls.startswith("ConvTranspose"):
+        args["output_padding"] = tuple(module.output_padding)
+    return cls, args

@@ -1,0 +1,149 @@
+"""The same six modules for flax.linen, for codebases not yet on NNX.
+
+    layer = jconv.linen.Conv2d(3, 16, 3, stride=2, padding=1)
+    params = layer.init(key, x)["params"]          # {"weight": (16, 3, 3, 3), "bias": (16,)}
+    y = layer.apply({"params": params}, x)
+    params = jconv.linen.params_from_state_dict(layer, torch_layer.state_dict())
+
+Same parameter names, shapes and initialisation as PyTorch; the maths is jconv.functional, shared with jconv.nn,
+so both give bit-identical outputs for the same parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import linen
+
+from jconv.layers import LayerConfig, check_state_dict, make_config, torch_module_arguments
+
+
+class _ConvBase(linen.Module):
+    def _config(self) -> LayerConfig:
+        raise NotImplementedError
+
+    def __post_init__(self):
+        self._config()  # validate eagerly, with PyTorch's rules
+        super().__post_init__()
+
+    def _params(self):
+        config = self._config()
+        bound = 1.0 / config.fan_in ** 0.5 if config.fan_in > 0 else 0.0
+        uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)  # PyTorch's init
+        weight = self.param("weight", uniform, config.weight_shape, self.param_dtype)
+        bias = self.param("bias", uniform, (config.out_channels,), self.param_dtype) if config.bias else None
+        return config, weight, bias
+
+    def __repr__(self) -> str:
+        config = self._config()
+        return f"{config.name}({config.extra_repr(dtype=self.dtype, param_dtype=self.param_dtype, channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)})"
+
+
+class _ConvNd(_ConvBase):
+    in_channels: int
+    out_channels: int
+    kernel_size: Any
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    channels_last: bool = False
+    precision: Any = None
+    lowering: str = "auto"
+
+    def _config(self) -> LayerConfig:
+        return make_config(type(self).__name__, self.ndim, False, self.in_channels, self.out_channels,
+                           self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.bias,
+                           self.padding_mode)
+
+    @linen.compact
+    def __call__(self, x):
+        config, weight, bias = self._params()
+        return config.apply(x, weight, bias, dtype=self.dtype, channels_last=self.channels_last,
+                            precision=self.precision, lowering=self.lowering)
+
+
+class _ConvTransposeNd(_ConvBase):
+    in_channels: int
+    out_channels: int
+    kernel_size: Any
+    stride: Any = 1
+    padding: Any = 0
+    output_padding: Any = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: Any = 1
+    padding_mode: str = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    channels_last: bool = False
+    precision: Any = None
+    lowering: str = "auto"
+
+    def _config(self) -> LayerConfig:
+        return make_config(type(self).__name__, self.ndim, True, self.in_channels, self.out_channels,
+                           self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.bias,
+                           self.padding_mode, self.output_padding)
+
+    @linen.compact
+    def __call__(self, x, output_size=None):
+        config, weight, bias = self._params()
+        return config.apply(x, weight, bias, output_size=output_size, dtype=self.dtype,
+                            channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
+
+
+class Conv1d(_ConvNd):
+    ndim = 1
+
+
+class Conv2d(_ConvNd):
+    ndim = 2
+
+
+class Conv3d(_ConvNd):
+    ndim = 3
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    ndim = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    ndim = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    ndim = 3
+
+
+_CLASSES = {c.__name__: c for c in (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d)}
+
+
+def params_from_state_dict(module: _ConvBase, state_dict: Mapping[str, Any], strict: bool = True) -> dict:
+    """A PyTorch state_dict as this module's params {"weight", "bias"}, checked like torch's load_state_dict."""
+    config = module._config()
+    expected = {"weight": config.weight_shape}
+    if config.bias:
+        expected["bias"] = (config.out_channels,)
+    arrays = check_state_dict(config.name, state_dict, expected, strict)
+    return {k: jnp.asarray(v, module.param_dtype) for k, v in arrays.items()}
+
+
+def state_dict(params: Mapping[str, Any]) -> dict:
+    """A module's params as a PyTorch-keyed {name: np.ndarray}."""
+    import numpy as np
+
+    return {k: np.asarray(v) for k, v in params.items()}
+
+
+def from_torch(module: Any, **options):
+    """(jconv.linen module, params) equivalent to a torch.nn conv module."""
+    name, args = torch_module_arguments(module)
+    layer = _CLASSES[name](**args, **options)
+    return layer, params_from_state_dict(layer, module.state_dict())

@@ -1,0 +1,60 @@
+"""The rule table: what auto picks per platform, explicit choices, and refusals."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jconv
+from jconv import dispatch
+
+S = jax.ShapeDtypeStruct
+f32 = jnp.float32
+
+CASES = [  # (fn, input, weight, kwargs, lowering auto picks on CPU)
+    (jconv.conv2d, (8, 96, 56, 56), (96, 1, 7, 7), dict(padding=3, groups=96), "taps"),
+    (jconv.conv1d, (4, 512, 2048), (1024, 1, 4), dict(padding=3, groups=512), "taps"),  # multiplier 2
+    (jconv.conv2d, (4, 256, 28, 28), (256, 8, 3, 3), dict(padding=1, groups=32), "grouped"),
+    (jconv.conv2d, (8, 256, 28, 28), (64, 256, 1, 1), {}, "matmul"),
+    (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "xla"),
+    (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=4, dilation=4), "xla"),
+    (jconv.conv_transpose2d, (8, 64, 28, 28), (64, 32, 4, 4), dict(stride=2, padding=1), "phase"),
+]
+
+
+@pytest.mark.parametrize("fn,xs,ws,kw,expected", CASES)
+def test_auto_on_cpu(fn, xs, ws, kw, expected):
+    assert jconv.explain(fn, S(xs, f32), S(ws, f32), platform="cpu", **kw).lowering == expected
+
+
+@pytest.mark.parametrize("fn,xs,ws,kw,expected", CASES)
+def test_auto_on_unmeasured_platforms_keeps_xla(fn, xs, ws, kw, expected):
+    for platform in ("gpu", "tpu"):
+        assert jconv.explain(fn, S(xs, f32), S(ws, f32), platform=platform, **kw).lowering == "xla"
+
+
+def test_every_rule_cites_a_measurement_or_reason():
+    for rule in dispatch.RULES:
+        assert rule.lowering in dispatch.LOWERINGS and len(rule.why) > 20
+    assert dispatch.RULES[-1].when(None) and dispatch.RULES[-1].lowering == "xla"  # the catch-all comes last
+
+
+@pytest.mark.parametrize("lowering,fn,xs,ws,kw,regex", [
+    ("taps", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), {}, "lowering='taps' cannot handle this convolution: needs a "
+     "depthwise conv"),
+    ("matmul", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), {}, "needs a kernel of size 1"),
+    ("grouped", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), {}, "groups == 1: nothing to split"),
+    ("dilated", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), dict(dilation=2, stride=2), "needs stride 1 along every"),
+    ("phase", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), {}, "phase decomposition is for transposed"),
+    ("taps", jconv.conv_transpose1d, (1, 4, 8), (4, 1, 3), dict(groups=4), "transposed convolutions are not tap"),
+])
+def test_explicit_lowering_that_cannot_handle_the_call_is_a_clear_error(lowering, fn, xs, ws, kw, regex):
+    with pytest.raises(ValueError, match=regex):
+        fn(jnp.zeros(xs), jnp.zeros(ws), lowering=lowering, **kw)
+
+
+def test_every_lowering_declares_its_interface():
+    for name, module in dispatch.LOWERINGS.items():
+        assert module.NAME == name and isinstance(module.DETERMINISTIC, bool)
+        assert callable(module.accepts) and callable(module.lower)

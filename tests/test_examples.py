@@ -1,0 +1,35 @@
+"""The README's programs run as documented."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, timeout=300):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_quickstart():
+    out = run("examples/quickstart.py")
+    assert "(8, 64, 14, 14)" in out and "lowering=" in out
+
+
+def test_port_from_torch():
+    out = run("examples/port_from_torch.py")
+    diff = float(re.search(r"max \|jconv - torch\| = (\S+)", out).group(1))
+    assert diff < 1e-10
+
+
+def test_train_digits_reaches_97_percent(tmp_path):
+    out = run("examples/train_digits.py", "--plot", str(tmp_path / "plot.png"))
+    accuracy = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
+    assert accuracy >= 97.0, out
+    assert (tmp_path / "plot.png").stat().st_size > 1000

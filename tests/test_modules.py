@@ -1,0 +1,211 @@
+"""jconv.nn (NNX) and jconv.linen modules: torch parity after load_state_dict, init, state_dict, transforms."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import jconv
+from jconv import linen as jl
+from jconv import nn as jn
+
+# (class name, constructor kwargs, input shape, call kwargs)
+CONFIGS = [
+    ("Conv1d", dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 11), {}),
+    ("Conv1d", dict(in_channels=3, out_channels=3, kernel_size=4, padding="same", padding_mode="reflect",
+                    groups=3, dilation=2), (2, 3, 12), {}),
+    ("Conv2d", dict(in_channels=3, out_channels=8, kernel_size=3, padding=1), (2, 3, 9, 8), {}),
+    ("Conv2d", dict(in_channels=4, out_channels=8, kernel_size=(3, 5), stride=(2, 1), padding=(1, 2),
+                    dilation=(1, 2), groups=4, bias=False), (2, 4, 10, 11), {}),
+    ("Conv2d", dict(in_channels=2, out_channels=4, kernel_size=3, padding=2, padding_mode="circular"), (1, 2, 6, 7),
+     {}),
+    ("Conv2d", dict(in_channels=2, out_channels=4, kernel_size=3, padding="valid", padding_mode="replicate"),
+     (1, 2, 6, 7), {}),
+    ("Conv3d", dict(in_channels=2, out_channels=4, kernel_size=3, padding=1, stride=2, groups=2), (1, 2, 5, 6, 5),
+     {}),
+    ("ConvTranspose1d", dict(in_channels=4, out_channels=2, kernel_size=4, stride=3, padding=1, output_padding=2),
+     (2, 4, 7), {}),
+    ("ConvTranspose2d", dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2,
+                             dilation=2), (2, 4, 5, 6), {}),
+    ("ConvTranspose2d", dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, padding=1), (2, 3, 5, 5),
+     dict(output_size=(10, 10))),
+    ("ConvTranspose3d", dict(in_channels=2, out_channels=2, kernel_size=2, stride=2, bias=False), (1, 2, 3, 4, 3),
+     {}),
+]
+
+
+def torch_layer(name, kwargs, seed=0):
+    torch.manual_seed(seed)
+    return getattr(torch.nn, name)(**kwargs).double()
+
+
+@pytest.mark.parametrize("name,kwargs,shape,call", CONFIGS, ids=[f"{c[0]}-{i}" for i, c in enumerate(CONFIGS)])
+def test_nnx_and_linen_match_torch_after_loading_its_state_dict(name, kwargs, shape, call):
+    ref_layer = torch_layer(name, kwargs)
+    x = np.random.default_rng(0).standard_normal(shape)
+    ref = ref_layer(torch.tensor(x), **call).detach().numpy()
+
+    layer = getattr(jn, name)(**kwargs, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    layer.load_state_dict(ref_layer.state_dict())
+    y = layer(jnp.asarray(x), **call)
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-10, atol=1e-10)
+
+    module = getattr(jl, name)(**kwargs, param_dtype=jnp.float64)
+    params = jl.params_from_state_dict(module, ref_layer.state_dict())
+    y_linen = module.apply({"params": params}, jnp.asarray(x), **call)
+    np.testing.assert_array_equal(np.asarray(y_linen), np.asarray(y))  # bit-identical: one functional core
+
+
+@pytest.mark.parametrize("name,kwargs,shape,call", CONFIGS[::2], ids=[c[0] for c in CONFIGS[::2]])
+def test_module_output_is_bit_identical_to_the_functional_call(name, kwargs, shape, call):
+    layer = getattr(jn, name)(**kwargs, rngs=nnx.Rngs(1))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
+    c = layer.config
+    bias = None if layer.bias is None else layer.bias[...]
+    if c.transposed:
+        expected = getattr(jconv, f"conv_transpose{c.ndim}d")(
+            x, layer.weight[...], bias, c.stride, c.padding, c.output_padding, c.groups, c.dilation, **call)
+    else:
+        expected = getattr(jconv, f"conv{c.ndim}d")(x, layer.weight[...], bias, c.stride, c.padding, c.dilation,
+                                                    c.groups, padding_mode=c.padding_mode)
+    np.testing.assert_array_equal(np.asarray(layer(x, **call)), np.asarray(expected))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("Conv2d", dict(in_channels=16, out_channels=32, kernel_size=3)),
+    ("Conv1d", dict(in_channels=12, out_channels=24, kernel_size=5, groups=4)),
+    ("ConvTranspose2d", dict(in_channels=32, out_channels=8, kernel_size=4, groups=2)),
+])
+def test_init_matches_pytorchs_distribution(name, kwargs):
+    """U(-b, b) with b = 1/sqrt(fan_in), fan_in = weight.size(1) * prod(kernel) (note the transposed case)."""
+    torch_weight = getattr(torch.nn, name)(**kwargs).weight
+    fan_in = torch_weight.shape[1] * np.prod(torch_weight.shape[2:])
+    bound = 1 / np.sqrt(fan_in)
+    for layer in (getattr(jn, name)(**kwargs, rngs=nnx.Rngs(3)),):
+        w, b = np.asarray(layer.weight[...]), np.asarray(layer.bias[...])
+        assert w.shape == tuple(torch_weight.shape) and b.shape == (kwargs["out_channels"],)
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+        n = w.size
+        # Mean 0 and variance b^2/3 of U(-b, b), within 5 standard errors.
+        assert abs(w.mean()) < 5 * bound / np.sqrt(3 * n)
+        assert abs(w.var() - bound**2 / 3) < 5 * bound**2 * np.sqrt(4 / 45 / n)
+        assert np.abs(b).max() <= bound
+    params = getattr(jl, name)(**kwargs).init(jax.random.PRNGKey(0), jnp.zeros(
+        (1, kwargs["in_channels"], *(9,) * (torch_weight.ndim - 2))))["params"]
+    assert params["weight"].shape == tuple(torch_weight.shape)
+    assert np.abs(np.asarray(params["weight"])).max() <= bound
+    assert np.abs(np.asarray(params["bias"])).max() <= bound
+
+
+def test_state_dict_round_trip_is_bit_exact_and_strict_errors():
+    a = jn.Conv2d(3, 4, 3, rngs=nnx.Rngs(0))
+    b = jn.Conv2d(3, 4, 3, rngs=nnx.Rngs(1))
+    b.load_state_dict(a.state_dict())
+    for key in ("weight", "bias"):
+        np.testing.assert_array_equal(b.state_dict()[key], a.state_dict()[key])
+    with pytest.raises(KeyError, match=r'Error\(s\) in loading state_dict for Conv2d: Missing key\(s\) in state_dict: "bias"'):
+        b.load_state_dict({"weight": a.state_dict()["weight"]})
+    with pytest.raises(KeyError, match=r'Unexpected key\(s\) in state_dict: "extra"'):
+        b.load_state_dict({**a.state_dict(), "extra": np.zeros(1)})
+    with pytest.raises(ValueError, match=r"size mismatch for weight: copying a param with shape \(4, 3, 5, 5\)"):
+        b.load_state_dict({"weight": np.zeros((4, 3, 5, 5)), "bias": np.zeros(4)})
+    b.load_state_dict({"weight": np.zeros((4, 3, 3, 3))}, strict=False)
+    assert not b.state_dict()["weight"].any() and b.state_dict()["bias"].any()
+    nobias = jn.Conv1d(2, 2, 1, bias=False, rngs=nnx.Rngs(0))
+    assert set(nobias.state_dict()) == {"weight"} and nobias.bias is None
+
+
+def test_load_state_dict_accepts_torch_tensors_including_bfloat16():
+    ref = torch.nn.Conv1d(2, 3, 3).to(torch.bfloat16)
+    layer = jn.Conv1d(2, 3, 3, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    layer.load_state_dict(ref.state_dict())
+    np.testing.assert_array_equal(np.asarray(layer.weight[...], np.float32), ref.weight.float().detach().numpy())
+
+
+@pytest.mark.parametrize("name,kwargs", [(c[0], c[1]) for c in CONFIGS])
+def test_from_torch(name, kwargs):
+    ref = torch_layer(name, kwargs, seed=5).float()
+    layer = jn.from_torch(ref)
+    assert type(layer).__name__ == name
+    np.testing.assert_array_equal(layer.state_dict()["weight"], ref.weight.detach().numpy())
+    module, params = jl.from_torch(ref)
+    np.testing.assert_array_equal(np.asarray(params["weight"]), ref.weight.detach().numpy())
+    assert repr(layer) == repr(ref) == repr(module)
+
+
+def test_from_torch_rejects_other_modules():
+    with pytest.raises(TypeError, match="from_torch: expected one of torch.nn.Conv1d"):
+        jn.from_torch(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="Conv2d.from_torch: expected a torch.nn.Conv2d, but got Conv1d"):
+        jn.Conv2d.from_torch(torch.nn.Conv1d(2, 2, 1))
+
+
+def test_repr_shows_only_non_defaults():
+    assert repr(jn.Conv2d(3, 16, 3, rngs=nnx.Rngs(0))) == "Conv2d(3, 16, kernel_size=(3, 3), stride=(1, 1))"
+    layer = jn.ConvTranspose1d(4, 2, 3, stride=2, output_padding=1, bias=False, channels_last=True,
+                               lowering="xla", rngs=nnx.Rngs(0))
+    assert repr(layer) == ("ConvTranspose1d(4, 2, kernel_size=(3,), stride=(2,), output_padding=(1,), bias=False, "
+                           "channels_last=True, lowering='xla')")
+    assert repr(jl.Conv2d(3, 6, 3, padding="same", groups=3, padding_mode="reflect")) == \
+        "Conv2d(3, 6, kernel_size=(3, 3), stride=(1, 1), padding=same, groups=3, padding_mode=reflect)"
+
+
+@pytest.mark.parametrize("factory,regex,exc", [
+    (lambda: jn.Conv2d(3, 4, 3, groups=2, rngs=nnx.Rngs(0)), "Conv2d: in_channels must be divisible by groups",
+     ValueError),
+    (lambda: jn.Conv2d(4, 3, 3, groups=2, rngs=nnx.Rngs(0)), "out_channels must be divisible by groups", ValueError),
+    (lambda: jn.Conv2d(4, 4, 3, groups=0, rngs=nnx.Rngs(0)), "groups must be a positive integer", ValueError),
+    (lambda: jn.Conv2d(4, 4, 3, padding="full", rngs=nnx.Rngs(0)),
+     r"Invalid padding string 'full', should be one of \['same', 'valid'\]", ValueError),
+    (lambda: jn.Conv2d(4, 4, 3, padding="same", stride=2, rngs=nnx.Rngs(0)),
+     "padding='same' is not supported for strided convolutions", ValueError),
+    (lambda: jn.Conv1d(4, 4, 3, padding_mode="mirror", rngs=nnx.Rngs(0)), "padding_mode must be one of", ValueError),
+    (lambda: jn.ConvTranspose2d(4, 4, 3, padding_mode="reflect", rngs=nnx.Rngs(0)),
+     'Only "zeros" padding mode is supported for ConvTranspose2d', ValueError),
+    (lambda: jn.ConvTranspose2d(4, 4, 3, stride=2, output_padding=2, rngs=nnx.Rngs(0)),
+     "output padding must be smaller than either stride or dilation", ValueError),
+    (lambda: jn.Conv2d(4, 4, (3, 3, 3), rngs=nnx.Rngs(0)), "expected kernel_size to be a single integer value",
+     ValueError),
+    (lambda: jn.Conv2d(4, 4, 3, rngs=0), "rngs must be an nnx.Rngs", TypeError),
+    (lambda: jl.Conv2d(3, 4, 3, groups=2), "Conv2d: in_channels must be divisible by groups", ValueError),
+    (lambda: jl.ConvTranspose1d(3, 4, 3, padding_mode="circular"), 'Only "zeros" padding mode', ValueError),
+])
+def test_construction_validates_eagerly(factory, regex, exc):
+    with pytest.raises(exc, match=regex):
+        factory()
+
+
+def test_mixed_precision_dtype_and_param_dtype():
+    layer = jn.Conv2d(2, 4, 3, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert layer.weight[...].dtype == jnp.float32
+    x = jnp.ones((1, 2, 5, 5), jnp.float32)
+    assert layer(x).dtype == jnp.bfloat16
+    assert jn.Conv2d(2, 4, 3, rngs=nnx.Rngs(0))(x.astype(jnp.bfloat16)).dtype == jnp.float32  # promoted
+
+
+def test_jit_grad_split_merge():
+    model = jn.Conv2d(2, 4, 3, padding=1, groups=2, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 2, 6, 6)), jnp.float32)
+
+    @nnx.jit
+    def loss(model, x):
+        return (model(x) ** 2).mean()
+
+    grads = nnx.grad(loss)(model, x)
+    w_grad = grads["weight"][...]
+    expected = jax.grad(lambda w: (jconv.conv2d(x, w, model.bias[...], padding=1, groups=2) ** 2).mean())(
+        model.weight[...])
+    np.testing.assert_allclose(np.asarray(w_grad), np.asarray(expected), rtol=1e-6, atol=1e-7)
+    graphdef, state = nnx.split(model)
+    clone = nnx.merge(graphdef, state)
+    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(model(x)))
+    np.testing.assert_allclose(float(loss(model, x)), float((model(x) ** 2).mean()), rtol=1e-6)
+    # linen under jit and grad
+    module = jl.Conv2d(2, 4, 3, padding=1, groups=2)
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    g = jax.jit(jax.grad(lambda p: (module.apply({"params": p}, x) ** 2).mean()))(params)
+    assert g["weight"].shape == (4, 1, 3, 3) and g["bias"].shape == (4,)
