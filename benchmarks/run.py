@@ -219,6 +219,8 @@ def run(cases, quick: bool, progress=True) -> dict:
         spec = jconv_spec(case, x, w)
         variants = {"lax": (plain_lax(spec), w)}
         for name, module in dispatch.LOWERINGS.items():
+            if name == "pallas" and platform_name != "gpu":
+                continue  # interpret mode times the interpreter, not the kernel
             if module.accepts(spec) is None:
                 variants[name] = (
                     lambda x, w, name=name: getattr(jconv, case.fn)(x, w, channels_last=case.channels_last,

@@ -15,9 +15,10 @@ import jax
 
 from jconv.determinism import are_deterministic_algorithms_enabled, is_deterministic_algorithms_warn_only_enabled
 from jconv.lowerings import dilated, grouped, matmul, phase, taps, xla
+from jconv.lowerings.pallas import depthwise as pallas_depthwise
 from jconv.spec import ConvSpec
 
-LOWERINGS = {m.NAME: m for m in (xla, taps, grouped, matmul, dilated, phase)}
+LOWERINGS = {m.NAME: m for m in (xla, taps, grouped, matmul, dilated, phase, pallas_depthwise)}
 LOWERING_NAMES = tuple(LOWERINGS)
 
 

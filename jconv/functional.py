@@ -42,8 +42,7 @@ def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional[jax.Array]) -> jax.Array:
+def _body(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional[jax.Array]) -> jax.Array:
     """The traced body: everything here is array code; all decisions were made from the static spec."""
     if not spec.batched:
         x = x[None]
@@ -63,7 +62,15 @@ def _convolve(spec: ConvSpec, x, w, b) -> jax.Array:
         # backend, so we build it directly.
         return jnp.zeros(spec.out_shape, out_dtype)
     choice = dispatch.select(spec)
+    if any(isinstance(a, jax.core.Tracer) for a in (x, w, b)):
+        # Inside the caller's jit/grad/vmap: trace inline. A nested jit would be inlined by XLA anyway, but
+        # into a different schedule: a dilated conv's forward+backward measured 69 vs 45 ms on CPU that way.
+        return _body(spec, choice.lowering, x, w, b)
     return _run(spec, choice.lowering, x, w, b)
+
+
+# Eager calls: one compiled program per (spec, lowering), so equal configurations compile once.
+_run = jax.jit(_body, static_argnums=(0, 1))
 
 
 _CONV_DOC = """{n}-D convolution with torch.nn.functional.conv{n}d's semantics.

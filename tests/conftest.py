@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 jax.config.update("jax_enable_x64", True)
 
 settings.register_profile(
-    "jconv", max_examples=int(os.environ.get("JCONV_HYPOTHESIS_EXAMPLES", "40")), deadline=None,
+    "jconv", max_examples=int(os.environ.get("JCONV_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=os.environ.get("CI") == "true",
 )

@@ -146,6 +146,7 @@ BIAS = {
     "matmul": dict(transposed=False, groups=st.just(1), pointwise=True),
     "dilated": dict(transposed=False, dilated=True),
     "phase": dict(transposed=True),
+    "pallas": dict(transposed=False, groups=st.integers(2, 4), depthwise=True),
 }
 
 

@@ -1,0 +1,114 @@
+"""Check and time jconv's Pallas depthwise kernels on a GPU, against lax, in one run (issue targets: H100, bf16,
+channels-last). No GPU was available when the kernels were written, so run this first on one:
+
+    pip install -e . && python benchmarks/pallas_depthwise_gpu.py --out benchmarks/results/pallas_depthwise_gpu
+
+For each case it: compiles the kernels (Triton), checks forward and gradients against lax in float32, checks that
+repeated gradients are bitwise identical, tries a few BlockSizes, and reports median forward and forward+backward
+times of lax and the best Pallas configuration, with the fraction of the measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jconv  # noqa: E402
+from jconv.lowerings.pallas import depthwise  # noqa: E402
+from run import interleaved_medians, jax_sync, measure_ceilings  # noqa: E402
+
+CASES = [  # name, fn, channels-last input, weight, kwargs
+    ("c1d_dw_k4 16x2048x4096", "conv1d", (16, 4096, 2048), (2048, 1, 4), dict(padding=3, groups=2048)),
+    ("convnext dw7x7 64x96x56x56", "conv2d", (64, 56, 56, 96), (96, 1, 7, 7), dict(padding=3, groups=96)),
+    ("mbv2 dw3x3 64x384x28x28", "conv2d", (64, 28, 28, 384), (384, 1, 3, 3), dict(padding=1, groups=384)),
+    ("replknet dw31 32x128x56x56", "conv2d", (32, 56, 56, 128), (128, 1, 31, 31), dict(padding=15, groups=128)),
+]
+BLOCKS = [depthwise.BlockSizes(8, 32), depthwise.BlockSizes(4, 64), depthwise.BlockSizes(16, 16),
+          depthwise.BlockSizes(2, 128, num_warps=8)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if jax.default_backend() != "gpu":
+        print("no GPU: this script checks and times the Triton kernels; on CPU they only run in interpret mode, "
+              "which tests/ covers")
+        return
+    ceilings = measure_ceilings("gpu")
+    rows = []
+    for name, fn_name, xs, ws, kw in CASES:
+        fn = getattr(jconv, fn_name)
+        key = jax.random.PRNGKey(0)
+        x32 = jax.random.normal(key, xs, jnp.float32)
+        w32 = jax.random.normal(jax.random.fold_in(key, 1), ws, jnp.float32) * 0.1
+        # correctness in float32 (precision=highest on the lax side: no TF32)
+        f = lambda lowering: (lambda x, w: fn(x, w, channels_last=True, lowering=lowering,
+                                              precision="highest", **kw))
+        y_ref, vjp_ref = jax.vjp(f("xla"), x32, w32)
+        y_pl, vjp_pl = jax.vjp(f("pallas"), x32, w32)
+        g = jnp.ones_like(y_ref)
+        errors = [float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+                  for a, b in zip((y_pl, *vjp_pl(g)), (y_ref, *vjp_ref(g)))]
+        grads = jax.jit(lambda x, w, g: jax.vjp(f("pallas"), x, w)[1](g))
+        first = grads(x32, w32, g)
+        bitwise = all(bool(jnp.array_equal(a, b)) for _ in range(3) for a, b in zip(first, grads(x32, w32, g)))
+        # timing in the requested dtype
+        x, w = x32.astype(args.dtype), w32.astype(args.dtype)
+        calls = {}
+        for lowering in ("xla", "pallas"):
+            h = lambda x, w, lowering=lowering: fn(x, w, channels_last=True, lowering=lowering, **kw)
+            fwd = jax.jit(h).lower(x, w).compile()
+            y = fwd(x, w)
+            gy = jnp.ones_like(y)
+            fb = jax.jit(lambda x, w, gy, h=h: jax.vjp(h, x, w)[1](gy)).lower(x, w, gy).compile()
+            calls[(lowering, "fwd")] = ((lambda fwd=fwd: fwd(x, w)), jax_sync)
+            calls[(lowering, "fwd_bwd")] = ((lambda fb=fb, gy=gy: fb(x, w, gy)), jax_sync)
+        times = {k: v[0] * 1e6 for k, v in interleaved_medians(calls).items()}
+        best = None
+        spec = fn.build_spec(x, w, channels_last=True, **kw)
+        kernel, _, dilation, pads = depthwise._geometry(spec)
+        x_nhwc = jnp.pad(depthwise._to_nhwc(spec, x), [(0, 0), *pads, (0, 0)])
+        w_hwc = depthwise._weights_hwc(spec, w)
+        for blocks in BLOCKS:  # the forward kernel alone, per block configuration
+            try:
+                kernel_only = jax.jit(lambda a, b, blocks=blocks: depthwise.depthwise_stride1(a, b, dilation, blocks))
+                t = interleaved_medians({0: ((lambda: kernel_only(x_nhwc, w_hwc)), jax_sync)})[0][0] * 1e6
+                if best is None or t < best[0]:
+                    best = (t, blocks)
+            except Exception as e:  # a configuration Triton cannot lower
+                print(f"  {name}: {blocks} failed: {type(e).__name__}: {str(e)[:200]}")
+        moved = (x.size + w.size + y.size) * x.dtype.itemsize
+        row = dict(case=name, dtype=args.dtype, errors_fwd_gx_gw=errors, bitwise_identical_grads=bitwise,
+                   lax_fwd_us=times[("xla", "fwd")], pallas_fwd_us=times[("pallas", "fwd")],
+                   lax_fwd_bwd_us=times[("xla", "fwd_bwd")], pallas_fwd_bwd_us=times[("pallas", "fwd_bwd")],
+                   best_kernel_us=best[0] if best else None, best_blocks=str(best[1]) if best else None,
+                   fraction_of_copy_bw=moved / (times[("pallas", "fwd")] / 1e6) / 1e9 / ceilings["copy_GBps"])
+        rows.append(row)
+        print(json.dumps(row))
+    report = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind, jax=jax.__version__,
+                  ceilings=ceilings, rows=rows)
+    print("| case | lax fwd us | pallas fwd us | lax fwd+bwd us | pallas fwd+bwd us | fwd+bwd / fwd | % copy BW |"
+          " max rel err | bitwise grads |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['lax_fwd_us']:.0f} | {r['pallas_fwd_us']:.0f} | {r['lax_fwd_bwd_us']:.0f} | "
+              f"{r['pallas_fwd_bwd_us']:.0f} | {r['pallas_fwd_bwd_us'] / r['pallas_fwd_us']:.1f} | "
+              f"{100 * r['fraction_of_copy_bw']:.0f}% | {max(r['errors_fwd_gx_gw']):.1e} | "
+              f"{r['bitwise_identical_grads']} |")
+    if args.out:
+        with open(args.out + ".json", "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
