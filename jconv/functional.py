@@ -28,6 +28,22 @@ def _as_array(op: str, name: str, value: Any) -> jax.Array:
         raise TypeError(f"{op}: {name} must be an array, but got {type(value).__name__}: {e}") from e
 
 
+def _explicitly_sharded_axes(a) -> tuple:
+    """Axes of `a` sharded over Explicit mesh axes (sharding in types); () for everything else."""
+    try:
+        from jax.sharding import AxisType
+
+        sharding = getattr(jax.typeof(a), "sharding", None)
+    except (AttributeError, ImportError, TypeError):
+        return ()
+    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
+    if mesh is None or not spec or not hasattr(mesh, "axis_types"):
+        return ()
+    explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Explicit}
+    names = lambda entry: entry if isinstance(entry, tuple) else (entry,)
+    return tuple(i for i, entry in enumerate(spec) if entry is not None and explicit & set(names(entry)))
+
+
 def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **kwargs) -> ConvSpec:
     for name, value in (("input", input), ("weight", weight)):
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
@@ -38,6 +54,8 @@ def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **
         op, n, transposed,
         tuple(input.shape), input.dtype, tuple(weight.shape), weight.dtype,
         None if bias is None else tuple(bias.shape), None if bias is None else bias.dtype,
+        explicitly_sharded_axes=_explicitly_sharded_axes(input) if isinstance(input, jax.Array) or
+        hasattr(input, "aval") else (),
         **kwargs,
     )
 

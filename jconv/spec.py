@@ -54,6 +54,9 @@ class ConvSpec:
     precision: Any
     preferred_element_type: Any
     lowering: str
+    # Roles ("batch", "channel", "spatial") of input axes sharded over an Explicit mesh axis: part of the
+    # input's type there, and lowerings that pad, slice or reshape such axes cannot type-check.
+    explicit_sharding: Tuple[str, ...] = ()
 
     # --- derived quantities -------------------------------------------------------------------------
 
@@ -266,6 +269,7 @@ def make_spec(
     precision: Any = None,
     preferred_element_type: Any = None,
     lowering: str = "auto",
+    explicitly_sharded_axes: Tuple[int, ...] = (),
 ) -> ConvSpec:
     """Validate a convolution call exactly as PyTorch does and return its canonical ConvSpec."""
     n = ndim
@@ -397,7 +401,13 @@ def make_spec(
         output_padding_t = (0,) * n
         _check_mode_padding(op, padding_mode, pads, in_spatial, batched_shape, channels_last)
 
+    roles = []
+    for axis in explicitly_sharded_axes:
+        axis = axis + (0 if batched else 1)  # index in the batched shape
+        channel = n + 1 if channels_last else 1
+        roles.append("batch" if axis == 0 else "channel" if axis == channel else "spatial")
     spec = ConvSpec(
+        explicit_sharding=tuple(sorted(set(roles))),
         op=op, ndim=n, transposed=transposed, batched=batched, channels_last=channels_last, batch=batch,
         in_channels=in_channels, out_channels=out_channels, in_spatial=tuple(in_spatial),
         kernel_size=tuple(kernel_size), stride=stride_t, padding=pads, dilation=dilation_t,

@@ -33,3 +33,13 @@ def test_train_digits_reaches_97_percent(tmp_path):
     accuracy = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
     assert accuracy >= 97.0, out
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_train_digits_data_parallel_over_8_devices(tmp_path):
+    env_flags = "--xla_force_host_platform_device_count=8"
+    proc = subprocess.run([sys.executable, "examples/train_digits.py", "--data-parallel", "--plot",
+                           str(tmp_path / "plot.png")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": env_flags})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data-parallel over 8 devices" in proc.stdout
+    assert float(re.search(r"test accuracy: ([\d.]+)%", proc.stdout).group(1)) >= 97.0, proc.stdout

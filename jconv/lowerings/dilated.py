@@ -26,6 +26,8 @@ DETERMINISTIC = True  # reshapes around whichever deterministic lowering runs th
 
 
 def accepts(spec: ConvSpec):
+    if set(spec.explicit_sharding) & {'batch', 'spatial', 'channel'}:
+        return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
     if spec.transposed:
         return "transposed convolutions are handled by the xla lowering"
     if all(d == 1 for d in spec.dilation):

@@ -24,6 +24,8 @@ MAX_GROUPS = 64  # one convolution per group: compile time grows with the number
 
 
 def accepts(spec: ConvSpec):
+    if "channel" in spec.explicit_sharding:  # it slices channels; spatial axes stay inside dense XLA convs
+        return "slices the channel axis, which is sharded over an Explicit mesh axis"
     if spec.transposed:
         return "transposed convolutions are handled by the xla lowering"
     if spec.groups == 1:

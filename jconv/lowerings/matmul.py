@@ -18,6 +18,8 @@ DETERMINISTIC = True
 
 
 def accepts(spec: ConvSpec):
+    if set(spec.explicit_sharding) & {'spatial'}:
+        return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
     if spec.transposed:
         return "transposed convolutions are handled by the phase and xla lowerings"
     if any(k != 1 for k in spec.kernel_size):

@@ -39,6 +39,8 @@ class AxisPhase(NamedTuple):
 
 
 def accepts(spec: ConvSpec):
+    if set(spec.explicit_sharding) & {'batch', 'spatial', 'channel'}:
+        return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
     if not spec.transposed:
         return "phase decomposition is for transposed convolutions"
     return None

@@ -38,6 +38,8 @@ MAX_UNROLLED_TAPS = 64  # beyond this taps are summed in a loop: compile time gr
 
 
 def accepts(spec: ConvSpec):
+    if set(spec.explicit_sharding) & {'channel', 'spatial'}:
+        return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
     if spec.transposed:
         return "transposed convolutions are not tap sums here (see the xla lowering)"
     if spec.in_per_group != 1:
@@ -157,7 +159,9 @@ def _depthwise_jvp(spec, primals, tangents):
     x, w = primals
     tx, tw = tangents
     y = forward(spec, x, w)
-    g_example = jax.ShapeDtypeStruct(y.shape, y.dtype)
+    # The example carries y's full type, including a sharding in explicit-sharding meshes, so that the
+    # transposed function's cotangent type matches the tangent's.
+    g_example = jax.ShapeDtypeStruct(y.shape, y.dtype, sharding=getattr(jax.typeof(y), "sharding", None))
     # The x-tangent map is the transpose of grad_input, so reverse mode transposes it back into grad_input.
     parts = []
     if not isinstance(tx, SymbolicZero):

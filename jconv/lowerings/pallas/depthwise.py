@@ -191,6 +191,8 @@ def depthwise_weight_grad(x, g, kernel, dilation, blocks: BlockSizes = BlockSize
 
 
 def accepts(spec: ConvSpec):
+    if spec.explicit_sharding:
+        return "pallas_call is not partitioned: inputs sharded over an Explicit mesh axis are not supported"
     if spec.transposed:
         return "transposed convolutions are not implemented as Pallas kernels"
     if spec.in_per_group != 1:
