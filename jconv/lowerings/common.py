@@ -78,3 +78,15 @@ def accumulation_dtype(spec: ConvSpec):
 
 def output_dtype(spec: ConvSpec):
     return spec.preferred_element_type or spec.dtype
+
+
+def input_grad_dilation(spec: ConvSpec) -> list:
+    """(lo, hi, interior) per spatial axis that turn an output gradient into the input of the correlation with
+    the flipped kernel whose output is the gradient w.r.t. the padded input: the gradient is dilated by the
+    stride, padded by the dilated kernel's reach, and extended over trailing inputs the forward never read."""
+    config = []
+    for o, s, d, k, i, (lo, hi) in zip(spec.out_spatial, spec.stride, spec.dilation, spec.kernel_size,
+                                       spec.lowering_in_spatial, spec.lowering_padding):
+        reach = d * (k - 1)
+        config.append((reach, reach + (i + lo + hi) - ((o - 1) * s + 1 + reach), s - 1))
+    return config

@@ -29,7 +29,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings.common import (
-    accumulation_dtype, channel_axis, output_dtype, spatial_axes, tap_slice, zero_pad)
+    accumulation_dtype, channel_axis, input_grad_dilation, output_dtype, spatial_axes, tap_slice, zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "taps"
@@ -123,13 +123,8 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     """d(sum y*g)/dx: the output gradient, dilated by the stride, correlated with the flipped kernel."""
     axes = spatial_axes(spec)
     config = [(0, 0, 0)] * g.ndim
-    padded_in = []
-    for axis, o, s, d, k, i, (lo, hi) in zip(axes, spec.out_spatial, spec.stride, spec.dilation, spec.kernel_size,
-                                             spec.lowering_in_spatial, spec.lowering_padding):
-        full = i + lo + hi  # the padded input the forward pass sliced
-        reach = d * (k - 1)
-        config[axis] = (reach, reach + full - ((o - 1) * s + 1 + reach), s - 1)  # trailing inputs never read
-        padded_in.append(full)
+    for axis, pads in zip(axes, input_grad_dilation(spec)):
+        config[axis] = pads
     g_dilated = lax.pad(g, jnp.zeros((), g.dtype), config)
     c = spec.out_channels
     flipped = dataclasses.replace(

@@ -23,22 +23,16 @@ def accepts(spec: ConvSpec):
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    if spec.transposed:
-        return lax.conv_general_dilated(
-            x, transposed_weight_as_conv(spec, w),
-            window_strides=(1,) * spec.ndim,
-            padding=transposed_as_conv_padding(spec),
-            lhs_dilation=spec.stride,
-            rhs_dilation=spec.dilation,
-            dimension_numbers=dimension_numbers(spec),
-            feature_group_count=spec.groups,
-            precision=spec.precision,
-            preferred_element_type=spec.preferred_element_type,
-        )
+    if spec.transposed:  # the forward conv of the zero-stuffed input with the flipped, regrouped kernel
+        w = transposed_weight_as_conv(spec, w)
+        strides, padding, lhs_dilation = (1,) * spec.ndim, transposed_as_conv_padding(spec), spec.stride
+    else:
+        strides, padding, lhs_dilation = spec.stride, spec.lowering_padding, None
     return lax.conv_general_dilated(
         x, w,
-        window_strides=spec.stride,
-        padding=spec.lowering_padding,
+        window_strides=strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
         rhs_dilation=spec.dilation,
         dimension_numbers=dimension_numbers(spec),
         feature_group_count=spec.groups,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jconv.lowerings.common import output_dtype
+from jconv.lowerings.common import input_grad_dilation, output_dtype
 from jconv.spec import ConvSpec
 
 NAME = "pallas"
@@ -242,15 +242,11 @@ def _forward(spec: ConvSpec, x, w):
 
 
 def _grad_input(spec: ConvSpec, w, g):
-    kernel, stride, dilation, pads = _geometry(spec)
+    _, _, dilation, pads = _geometry(spec)
     gh = _to_nhwc(spec, g)
     in_sp = spec.lowering_in_spatial if spec.ndim == 2 else (1, *spec.lowering_in_spatial)
-    config = [(0, 0, 0)]
-    for o, s, d, k, i, (lo, hi) in zip(gh.shape[1:3], stride, dilation, kernel, in_sp, pads):
-        full = i + lo + hi
-        reach = d * (k - 1)
-        config.append((reach, reach + full - ((o - 1) * s + 1 + reach), s - 1))
-    config.append((0, 0, 0))
+    rows = [] if spec.ndim == 2 else [(0, 0, 0)]  # 1-D runs as 2-D with a height of 1
+    config = [(0, 0, 0), *rows, *input_grad_dilation(spec), (0, 0, 0)]
     g_dilated = jax.lax.pad(gh, jnp.zeros((), gh.dtype), config)
     flipped = _weights_hwc(spec, w)[::-1, ::-1]
     gx = depthwise_stride1(g_dilated, flipped.astype(g_dilated.dtype), dilation)
