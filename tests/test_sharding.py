@@ -44,10 +44,6 @@ def _auto_mesh_params():
                 marks.append(pytest.mark.xfail(strict=True, reason="pallas_call is not partitioned by GSPMD: "
                                                "correct results, but gathered and replicated (documented "
                                                "fallback; auto never picks pallas)"))
-            if lowering == "dilated" and axis == "spatial":
-                marks.append(pytest.mark.xfail(strict=True, reason="GSPMD computes a wrong gradient through "
-                                               "space-to-batch reshapes of an unevenly sharded spatial axis "
-                                               "(known issue; auto never picks dilated)"))
             params.append(pytest.param(lowering, axis, marks=marks))
     return params
 

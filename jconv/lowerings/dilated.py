@@ -13,12 +13,13 @@ because it materializes them as padded convs; this form never asks XLA for a dil
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from jconv.lowerings.common import zero_pad
+from jconv.lowerings.common import spatial_axes, zero_pad
 from jconv.spec import ConvSpec
 
 NAME = "dilated"
@@ -56,16 +57,17 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     extra = [p - i - lo - hi for p, i, (lo, hi) in zip(padded, spec.lowering_in_spatial, spec.lowering_padding)]
     x = zero_pad(spec, x, extra_hi=extra)
     batch, c = spec.batch, spec.in_channels
-    if spec.channels_last:
-        # (N, P0, d0, P1, d1, ..., C) -> (N, d0, d1, ..., P0, P1, ..., C)
-        x = x.reshape(batch, *[v for p, di in zip(inner.in_spatial, d) for v in (p, di)], c)
-        perm = (0, *[2 + 2 * i for i in range(n)], *[1 + 2 * i for i in range(n)], 2 * n + 1)
-        x = x.transpose(perm).reshape(inner.batch, *inner.in_spatial, c)
-    else:
-        # (N, C, P0, d0, P1, d1, ...) -> (N, d0, d1, ..., C, P0, P1, ...)
-        x = x.reshape(batch, c, *[v for p, di in zip(inner.in_spatial, d) for v in (p, di)])
-        perm = (0, *[3 + 2 * i for i in range(n)], 1, *[2 + 2 * i for i in range(n)])
-        x = x.transpose(perm).reshape(inner.batch, c, *inner.in_spatial)
+    # Phases by strided slices, merged into the batch axis (batch-major). (A reshape that splits each spatial axis
+    # into (P, d) does the same, but GSPMD then computed wrong gradients when that axis was unevenly sharded.)
+    axes = spatial_axes(spec)
+    phases = []
+    for offsets in itertools.product(*(range(di) for di in d)):
+        starts, strides = [0] * x.ndim, [1] * x.ndim
+        for axis, r, di in zip(axes, offsets, d):
+            starts[axis], strides[axis] = r, di
+        phases.append(jax.lax.slice(x, starts, list(x.shape), strides))
+    x = jnp.stack(phases, axis=1)  # (N, R, ...): batch-major, as the interleave below expects
+    x = x.reshape(inner.batch, *x.shape[2:])
 
     choice = dispatch.select(inner)
     y = dispatch.LOWERINGS[choice.lowering].lower(inner, x, w)
