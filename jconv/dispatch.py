@@ -57,17 +57,17 @@ def _transposed(spec: ConvSpec) -> bool:
 # convolution until benchmarks/run.py has been run there.
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
-         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 162 / 453, "
-         "taps 7.0 / 37; Mamba conv1d k4: lax 157 / 25784, taps 2.9 / 28"),
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 135 / 340, "
+         "taps 3.1 / 24; Mamba conv1d k4: lax 173 / 25853, taps 3.5 / 32"),
     Rule("grouped", ("cpu",), _grouped,
-         "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 16 / 759, grouped 4.8 / 12"),
+         "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 15 / 750, grouped 4.7 / 11"),
     Rule("matmul", ("cpu",), _pointwise,
-         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 6.1 / 17.0, matmul 2.7 / 8.6"),
+         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 8.0 / 20.5, matmul 3.9 / 14.6"),
     Rule("phase", ("cpu",), _transposed,
-         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 8.5 / 125, phase 6.9 / 18"),
+         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 7.9 / 135, phase 6.3 / 18"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense convs on CPU (dilated included: "
-         "space-to-batch measured 64 / 116 against lax's 26 / 69 for 8x64x56x56 d4), and the only one measured "
+         "space-to-batch measured 31 / 100 against lax's 24 / 69 for 8x64x56x56 d4), and the only one measured "
          "on GPU/TPU so far"),
 )
 

@@ -3,7 +3,7 @@
 XLA:CPU runs feature_group_count convolutions, and above all their weight gradients (which JAX expresses with
 batch_group_count), through slow generic loops: a g=8 conv's forward+backward took 650 ms here, g=32 2.4 s. The
 same work as G dense convs of C_in/G -> C_out/G channels hits XLA's fast dense kernels forward and backward:
-7.3 ms and 17 ms (benchmarks/results/cpu.md). An im2col + batched-matmul form measured 49 and 46 ms; vmapping a
+7.3 ms and 17 ms (development probes; the benchmark run is benchmarks/results/cpu.md). An im2col + batched-matmul form measured 49 and 46 ms; vmapping a
 dense conv over groups is turned back into feature_group_count by JAX's batching rule (676 ms).
 """
 

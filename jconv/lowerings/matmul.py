@@ -2,7 +2,8 @@
 
 A kernel of size 1 is a matmul between the (strided) input and the (C_out, C_in) weight. XLA:CPU's convolution
 emitter is slower at it than its dot: 8x256x28x28 -> 64 forward+backward 15.2 ms as a lax conv, 7.1 ms as an
-einsum (NCHW; 9.8 vs 3.1 ms channels-last; benchmarks/results/cpu.md).
+einsum (NCHW; 9.8 vs 3.1 ms channels-last; a development probe, the benchmark run is
+benchmarks/results/cpu.md).
 """
 
 from __future__ import annotations

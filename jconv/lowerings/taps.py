@@ -5,7 +5,7 @@ channel mixing. XLA:CPU's feature_group_count path runs it 50-500x slower than t
 which XLA fuses into one loop (benchmarks/results/cpu.md).
 
 The derivatives are written by hand, because plain autodiff of the tap sum is slow on XLA:CPU in two ways
-(measured on 8x96x56x56, 7x7, benchmarks/results/cpu.md):
+(development probes on 8x96x56x56, 7x7; the benchmark run is benchmarks/results/cpu.md):
 - the input gradient becomes one padded copy per tap; pads fused into a loop become per-element bounds checks,
   ~9x slower than the same sum written with slices. Here it is a tap sum over the stride-dilated output gradient
   with the flipped kernel: slices again.
