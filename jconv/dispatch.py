@@ -14,11 +14,11 @@ from typing import Callable, Optional
 import jax
 
 from jconv.determinism import are_deterministic_algorithms_enabled, is_deterministic_algorithms_warn_only_enabled
-from jconv.lowerings import dilated, grouped, matmul, phase, taps, xla
+from jconv.lowerings import dilated, grouped, matmul, phase, planes, taps, xla
 from jconv.lowerings.pallas import depthwise as pallas_depthwise
 from jconv.spec import ConvSpec
 
-LOWERINGS = {m.NAME: m for m in (xla, taps, grouped, matmul, dilated, phase, pallas_depthwise)}
+LOWERINGS = {m.NAME: m for m in (xla, taps, grouped, matmul, dilated, phase, planes, pallas_depthwise)}
 LOWERING_NAMES = tuple(LOWERINGS)
 
 
@@ -46,6 +46,10 @@ def _pointwise(spec: ConvSpec) -> bool:
     return not spec.transposed and spec.groups == 1 and all(k == 1 for k in spec.kernel_size)
 
 
+def _dense_3d(spec: ConvSpec) -> bool:
+    return not spec.transposed and spec.ndim == 3 and not _depthwise(spec) and not _pointwise(spec)
+
+
 def _transposed(spec: ConvSpec) -> bool:
     return spec.transposed
 
@@ -59,6 +63,9 @@ RULES = (
     Rule("taps", ("cpu",), _depthwise,
          "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 135 / 340, "
          "taps 3.1 / 24; Mamba conv1d k4: lax 173 / 25853, taps 3.5 / 32"),
+    Rule("planes", ("cpu",), _dense_3d,
+         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 3x3x3: lax 65 / 264, "
+         "planes PLACEHOLDER"),
     Rule("grouped", ("cpu",), _grouped,
          "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 15 / 750, grouped 4.7 / 11"),
     Rule("matmul", ("cpu",), _pointwise,

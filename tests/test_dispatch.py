@@ -20,6 +20,10 @@ CASES = [  # (fn, input, weight, kwargs, lowering auto picks on CPU)
     (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "xla"),
     (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=4, dilation=4), "xla"),
     (jconv.conv_transpose2d, (8, 64, 28, 28), (64, 32, 4, 4), dict(stride=2, padding=1), "phase"),
+    (jconv.conv3d, (1, 32, 32, 32, 32), (32, 32, 3, 3, 3), dict(padding=1), "planes"),
+    (jconv.conv3d, (2, 64, 16, 16, 16), (64, 16, 3, 3, 3), dict(padding=1, groups=4), "planes"),
+    (jconv.conv3d, (2, 64, 16, 16, 16), (64, 1, 3, 3, 3), dict(padding=1, groups=64), "taps"),
+    (jconv.conv3d, (2, 64, 16, 16, 16), (32, 64, 1, 1, 1), {}, "matmul"),
 ]
 
 

@@ -94,9 +94,9 @@ def test_grid_parity_float64(case, lowering):
 
 
 @st.composite
-def cases(draw, transposed=None, groups=None, depthwise=None, pointwise=False, dilated=False):
+def cases(draw, transposed=None, groups=None, depthwise=None, pointwise=False, dilated=False, ndims=(1, 2, 3)):
     """Random valid configurations; the keyword arguments bias them towards what one lowering accepts."""
-    n = draw(st.sampled_from((1, 2, 3)))
+    n = draw(st.sampled_from(ndims))
     transposed = draw(st.booleans()) if transposed is None else transposed
     groups = draw(st.sampled_from((1, 1, 2, 3))) if groups is None else draw(groups)
     depthwise = draw(st.booleans()) if depthwise is None else depthwise
@@ -146,6 +146,7 @@ BIAS = {
     "matmul": dict(transposed=False, groups=st.just(1), pointwise=True),
     "dilated": dict(transposed=False, dilated=True),
     "phase": dict(transposed=True),
+    "planes": dict(transposed=False, ndims=(3,)),
     "pallas": dict(transposed=False, groups=st.integers(2, 4), depthwise=True),
 }
 

@@ -26,6 +26,7 @@ CASES = {
     "matmul": (jconv.conv2d, (8, 4, 32, 16), (6, 4, 1, 1), {}),
     "dilated": (jconv.conv2d, (8, 4, 32, 16), (6, 4, 3, 3), dict(padding=2, dilation=2)),
     "phase": (jconv.conv_transpose2d, (8, 4, 16, 8), (4, 3, 4, 4), dict(stride=2, padding=1)),
+    "planes": (jconv.conv3d, (8, 4, 16, 8, 6), (6, 4, 3, 3, 3), dict(padding=1)),
     "pallas": (jconv.conv2d, (8, 4, 32, 16), (4, 1, 3, 3), dict(padding=1, groups=4)),
 }
 
@@ -51,7 +52,10 @@ def run(mesh, mode, lowerings):
             ref_f = lambda x, w: fn(x, w, lowering="xla", **kw)
             y_ref = jax.jit(ref_f)(x, w)
             g_ref = jax.jit(jax.grad(lambda x, w: (ref_f(x, w) ** 2).sum(), argnums=(0, 1)))(x, w)
-            for axis_name, spec in (("batch", P("d")), ("spatial", P(None, None, "d"))):
+            axes = [("batch", P("d")), ("spatial", P(None, None, "d"))]
+            if x.ndim == 5:  # 3-D: also the second spatial axis (depth and H are treated differently by planes)
+                axes.append(("spatial_inner", P(None, None, None, "d")))
+            for axis_name, spec in axes:
                 xs_ = jax.device_put(x, NamedSharding(mesh, spec))
                 ws_ = jax.device_put(w, NamedSharding(mesh, P()))
                 row = dict(family=family, lowering=lowering, axis=axis_name, mode=mode)

@@ -1,0 +1,67 @@
+"""3-D convolution as ONE 2-D convolution over depth planes, with the depth taps stacked into channels.
+
+XLA:CPU's 3-D convolutions run far below its 2-D ones: a 3x3x3 conv 1x32x32^3 -> 32 took 85 / 230 ms forward /
+forward+backward as one lax conv, torch 15 / 31 (development probe; the benchmark run is
+benchmarks/results/cpu.md). Output depth plane z only reads input planes z*s + t*d (t < kd), so stacking those
+kd planes along channels, in channels-last layout, makes every output plane a 2-D conv with kd*C input channels:
+30 / 70 ms for the same layer (the channels-first 2-D form measured 32 / 98, a sum of kd 2-D convs 30 / 91,
+im2col over all 27 taps + matmul 214 / 282).
+
+Groups stay groups: the stacked channels are ordered (group, depth tap, channel), so a grouped 3-D conv is a
+grouped 2-D conv. The 2-D conv goes through dispatch like any other (1x1 planes become a matmul, groups the
+grouped lowering). The cost is memory: the stacked input is kd times the input.
+
+Sharding: batch and H/W shardings are kept (batch is the major factor of the merged batch axis). A depth-sharded
+input cannot stay sharded through that merge; GSPMD gathers it (correct, replicated). Merging depth into H instead
+(one tall image per sample) keeps depth shardings but measured ~10% slower and moved strided convs with uneven
+shards into an XLA SPMD bug that returns wrong weight gradients (README, "Multiple devices").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jconv.spec import ConvSpec
+
+NAME = "planes"
+DETERMINISTIC = True  # slices and reshapes around a deterministic 2-D lowering
+
+
+def accepts(spec: ConvSpec):
+    if spec.explicit_sharding:
+        return f"reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
+    if spec.transposed:
+        return "transposed convolutions are handled by the phase and xla lowerings"
+    if spec.ndim != 3:
+        return f"needs a 3-D convolution, but got a {spec.ndim}-D one"
+    return None
+
+
+def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    from jconv import dispatch  # dispatch imports this module
+
+    kd, sd, dd = spec.kernel_size[0], spec.stride[0], spec.dilation[0]
+    depth_out = spec.out_spatial[0]
+    g, cg = spec.groups, spec.in_per_group
+    xl = x if spec.channels_last else jnp.moveaxis(x, 1, -1)  # (N, D, H, W, C)
+    lo, hi = spec.lowering_padding[0]
+    xl = lax.pad(xl, jnp.zeros((), xl.dtype), [(0, 0, 0), (lo, hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)])
+    n, _, h, wd, _ = xl.shape
+    planes = [lax.slice_in_dim(xl, t * dd, t * dd + (depth_out - 1) * sd + 1, sd, axis=1).reshape(
+        n, depth_out, h, wd, g, 1, cg) for t in range(kd)]
+    # Batch stays the major factor of the merged batch axis, so a batch-sharded input stays sharded.
+    stacked = jnp.concatenate(planes, axis=5).reshape(n * depth_out, h, wd, g * kd * cg)
+    # (O, C/g, kd, kh, kw) -> (O, kd*C/g, kh, kw), input channel index t*C/g + c: the order stacked above.
+    w2 = jnp.moveaxis(w, 2, 1).reshape(spec.out_channels, kd * cg, *spec.kernel_size[1:])
+    inner = dataclasses.replace(
+        spec, op="conv2d", ndim=2, batched=True, channels_last=True, batch=n * depth_out, in_channels=g * kd * cg,
+        in_spatial=(h, wd), kernel_size=spec.kernel_size[1:], stride=spec.stride[1:],
+        padding=spec.lowering_padding[1:], dilation=spec.dilation[1:], output_padding=(0, 0), padding_mode="zeros",
+        has_bias=False, lowering="auto")
+    y = dispatch.LOWERINGS[dispatch.select(inner).lowering].lower(inner, stacked, w2)
+    y = y.reshape(n, depth_out, *y.shape[1:])  # (N, D_out, H_out, W_out, C_out)
+    return y if spec.channels_last else jnp.moveaxis(y, -1, 1)
