@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -191,8 +192,32 @@ def torch_variant(case, x, w):
     return fwd, fwd_bwd
 
 
+def vjp_of_forward(spec):
+    """The other formulation of a transposed conv that issue #8 asks to compare: the input gradient (VJP) of the
+    forward conv it is the adjoint of, here jconv's own (auto-lowered) forward conv. PyTorch's transposed-conv
+    weight (C_in, C_out/g, *k) is exactly that forward conv's weight."""
+    if not spec.transposed:
+        return None
+    forward = getattr(jconv, f"conv{spec.ndim}d")
+    options = dict(stride=spec.stride, padding=tuple(lo for lo, _ in spec.padding), dilation=spec.dilation,
+                   groups=spec.groups, channels_last=spec.channels_last)
+
+    def f(x, w):
+        _, pullback = jax.vjp(lambda y: forward(y, w, **options), jnp.zeros(spec.out_shape, x.dtype))
+        return pullback(x)[0]
+
+    return f
+
+
+def program_text(compiled) -> str:
+    """Compiled HLO without source metadata: equal texts are the same program."""
+    text = re.sub(r"metadata=\{[^}]*\}", "", compiled.as_text())
+    return "\n".join(line for line in text.splitlines() if "HloModule" not in line and not line.startswith(
+        ("FileNames", "FunctionNames", "FileLocations", "StackFrames")) and not re.match(r"^\d+ [{\"]", line))
+
+
 def jax_pair(f, x, w):
-    """Compiled forward and forward+backward (output and gradients w.r.t. both arguments)."""
+    """Compiled forward and forward+backward (output and gradients w.r.t. both arguments), and their programs."""
     fwd = jax.jit(f).lower(x, w).compile()
     y = fwd(x, w)
     g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), y.dtype)
@@ -202,7 +227,7 @@ def jax_pair(f, x, w):
         return (out, *vjp(g))
 
     both = jax.jit(fb).lower(x, w, g).compile()
-    return (lambda: fwd(x, w)), (lambda: both(x, w, g))
+    return (lambda: fwd(x, w)), (lambda: both(x, w, g)), program_text(fwd) + program_text(both)
 
 
 # --- one run ------------------------------------------------------------------------------------------------
@@ -225,6 +250,8 @@ def run(cases, quick: bool, progress=True) -> dict:
                 variants[name] = (
                     lambda x, w, name=name: getattr(jconv, case.fn)(x, w, channels_last=case.channels_last,
                                                                     lowering=name, **case.options), w)
+        if spec.transposed:
+            variants["vjp"] = (vjp_of_forward(spec), w)
         flax_f, flax_w = flax_conv(spec, w)
         if flax_f is not None:
             variants["flax"] = (flax_f, flax_w)
@@ -239,9 +266,9 @@ def run(cases, quick: bool, progress=True) -> dict:
                "channels_last": case.channels_last, "input": list(case.input_shape), "weight": list(case.weight_shape),
                "options": case.options, "auto": auto, "flops": spec_mod.flops(spec),
                "bytes": (x.size + w.size + math.prod(spec.out_shape)) * x.dtype.itemsize, "times": {}}
-        calls = {}
+        calls, programs = {}, {}
         for name, (f, wv) in variants.items():
-            fwd, fb = jax_pair(f, x, wv)
+            fwd, fb, programs[name] = jax_pair(f, x, wv)
             calls[(name, "fwd_ms")] = (fwd, jax_sync)
             calls[(name, "fwd_bwd_ms")] = (fb, jax_sync)
         pair = torch_variant(case, x, w) if torch is not None else None
@@ -254,6 +281,8 @@ def run(cases, quick: bool, progress=True) -> dict:
             entry[kind] = seconds * 1e3
             entry["reps"][kind] = reps
         row["times"]["auto"] = dict(row["times"][auto], lowering=auto)
+        # Where auto compiles to exactly lax's program, their ratio measures only the machine's noise.
+        row["auto_same_program_as_lax"] = programs[auto] == programs["lax"]
         rows.append(row)
         if progress:
             t = row["times"]
@@ -283,7 +312,9 @@ def markdown(report: dict) -> str:
         f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.3f} TFLOP/s.",
         "",
         "Median ms; `auto` is the lowering jconv picks (named), timed in this run. Speed-ups are lax / auto. "
-        "GB/s and TFLOP/s are auto's forward (useful bytes: input + weight + output; useful FLOPs).",
+        "GB/s and TFLOP/s are auto's forward (useful bytes: input + weight + output; useful FLOPs). "
+        "`(same HLO)`: auto compiled to exactly plain lax's programs (forward and forward+backward, compared "
+        "as text without source metadata), so that ratio is run-to-run noise, not a difference between them.",
         "",
         "| layer | auto picks | lax fwd | auto fwd | fwd speed-up | lax fwd+bwd | auto fwd+bwd | fwd+bwd speed-up "
         "| torch fwd | torch fwd+bwd | auto / torch (fwd+bwd) | flax fwd+bwd | GB/s (% copy) | TFLOP/s (% matmul) |",
@@ -295,21 +326,23 @@ def markdown(report: dict) -> str:
         gbs = row["bytes"] / (auto_t["fwd_ms"] / 1e3) / 1e9
         tfs = row["flops"] / (auto_t["fwd_ms"] / 1e3) / 1e12
         fmt = lambda v: f"{v:.2f}" if v is not None else "–"
+        same = " (same HLO)" if row.get("auto_same_program_as_lax") else ""
         lines.append(
             f"| {row['case']} | {row['auto']} | {fmt(lax_t['fwd_ms'])} | {fmt(auto_t['fwd_ms'])} | "
-            f"{lax_t['fwd_ms'] / auto_t['fwd_ms']:.2f}x | {fmt(lax_t['fwd_bwd_ms'])} | {fmt(auto_t['fwd_bwd_ms'])} | "
-            f"{lax_t['fwd_bwd_ms'] / auto_t['fwd_bwd_ms']:.2f}x | "
+            f"{lax_t['fwd_ms'] / auto_t['fwd_ms']:.2f}x{same} | {fmt(lax_t['fwd_bwd_ms'])} | {fmt(auto_t['fwd_bwd_ms'])} | "
+            f"{lax_t['fwd_bwd_ms'] / auto_t['fwd_bwd_ms']:.2f}x{same} | "
             f"{fmt(torch_t['fwd_ms'] if torch_t else None)} | {fmt(torch_t['fwd_bwd_ms'] if torch_t else None)} | "
             f"{(auto_t['fwd_bwd_ms'] / torch_t['fwd_bwd_ms']) if torch_t else float('nan'):.2f} | "
             f"{fmt(flax_t['fwd_bwd_ms'] if flax_t else None)} | "
             f"{gbs:.1f} ({100 * gbs / report['ceilings']['copy_GBps']:.0f}%) | "
             f"{tfs:.3f} ({100 * tfs / report['ceilings']['matmul_TFLOPs']:.0f}%) |")
-    lines += ["", "Every lowering (fwd / fwd+bwd ms):", "", "| layer | " + " | ".join(
-        n for n in ["lax", *dispatch.LOWERING_NAMES, "flax", "torch"]) + " |", "|" + "---|" * (len(
-            dispatch.LOWERING_NAMES) + 4)]
+    columns = ["lax", *dispatch.LOWERING_NAMES, "vjp", "flax", "torch"]
+    lines += ["", "Every lowering (fwd / fwd+bwd ms). `vjp`: a transposed conv computed as the input gradient of "
+              "jconv's forward conv (the alternative to `phase` compared for issue #8).", "",
+              "| layer | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for row in report["rows"]:
         cells = []
-        for n in ["lax", *dispatch.LOWERING_NAMES, "flax", "torch"]:
+        for n in columns:
             v = row["times"].get(n)
             cells.append(f"{v['fwd_ms']:.2f} / {v['fwd_bwd_ms']:.2f}" if v else "–")
         lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")

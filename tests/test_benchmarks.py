@@ -1,0 +1,30 @@
+"""The benchmark command still runs end to end (a two-layer subset, quick timing) and writes its three files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_command_writes_json_markdown_and_plot(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--only",
+                           "resnet50_1x1,dw_up", "--quick", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"resnet50_1x1", "dw_up_k4s2"}
+    assert rows["resnet50_1x1"]["auto"] == "matmul" and rows["dw_up_k4s2"]["auto"] == "phase"
+    for row in rows.values():
+        assert {"lax", "auto", "xla"} <= set(row["times"]), row["times"].keys()
+        assert all(t["fwd_ms"] > 0 and t["fwd_bwd_ms"] > 0 for k, t in row["times"].items()), row["times"]
+    assert "vjp" in rows["dw_up_k4s2"]["times"]  # the transposed-conv alternative is timed beside phase
+    assert report["ceilings"]["copy_GBps"] > 0 and report["ceilings"]["matmul_TFLOPs"] > 0
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| resnet50_1x1 float32 NCHW | matmul |" in markdown
+    assert (tmp_path / "bench.png").stat().st_size > 1000
