@@ -203,10 +203,15 @@ cases = [
     (jconv.conv2d, (2, 6, 12, 12), (9, 2, 3, 3), dict(groups=3, dilation=2, padding="same")),
     (jconv.conv1d, (2, 16, 257), (16, 1, 4), dict(groups=16, padding=3)),
     (jconv.conv1d, (2, 8, 100), (12, 8, 3), dict(dilation=4, padding=4)),
+    (jconv.conv2d, (2, 6, 12, 12), (4, 6, 1, 1), dict(stride=2)),
+    (jconv.conv3d, (2, 4, 7, 8, 6), (6, 2, 3, 3, 2), dict(groups=2, padding=1, stride=(2, 1, 1))),
+    (jconv.conv_transpose2d, (2, 6, 9, 8), (6, 4, 4, 4), dict(stride=2, padding=1)),
 ]
 digest = hashlib.sha256()
+ran = 0
 for fn, xs, ws, kw in cases:
-    x, w, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (xs, ws, (ws[0],)))
+    bias_size = ws[1] * kw.get("groups", 1) if "transpose" in fn.__name__ else ws[0]
+    x, w, b = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (xs, ws, (bias_size,)))
     spec = fn.build_spec(x, w, b, lowering=lowering, **kw)
     if jconv.dispatch.LOWERINGS[lowering].accepts(spec) is not None:
         continue
@@ -217,7 +222,8 @@ for fn, xs, ws, kw in cases:
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(runs[0], other))
     for leaf in runs[0]:
         digest.update(np.asarray(leaf).tobytes())
-print(digest.hexdigest())
+    ran += 1
+print(ran, digest.hexdigest())
 """
 
 
@@ -228,5 +234,7 @@ def test_bitwise_identical_across_runs_and_processes(lowering):
         proc = subprocess.run([sys.executable, "-c", BITWISE, lowering], capture_output=True, text=True,
                               timeout=300, env={**os.environ, "JCONV_DETERMINISTIC": "1", "JAX_PLATFORMS": "cpu"})
         assert proc.returncode == 0, proc.stderr
-        hashes.add(proc.stdout.strip())
+        ran, digest = proc.stdout.split()
+        assert int(ran) >= 1, f"no case exercises the {lowering} lowering"
+        hashes.add(digest)
     assert len(hashes) == 1
