@@ -13,6 +13,9 @@ import pytest
 
 import jconv
 
+# One worker runs this whole module under pytest-xdist, so the sharded script below runs once.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "sharded_check.py")
 UPSTREAM_REPRO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "gspmd_strided_conv_grad.py")
 
