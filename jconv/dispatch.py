@@ -125,6 +125,11 @@ def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Option
     raise AssertionError("the last rule must accept every spec")  # pragma: no cover
 
 
+def lower_inner(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    """Lower a convolution that a lowering reduced its own to (phase, dilated, planes) with whatever auto picks."""
+    return LOWERINGS[select(spec).lowering].lower(spec, x, w)
+
+
 def explain(fn, input, weight, bias=None, *args, platform: Optional[str] = None, **kwargs) -> Choice:
     """What `fn(input, weight, bias, *args, **kwargs)` would run, without running it.
 

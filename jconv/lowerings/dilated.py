@@ -69,8 +69,7 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     x = jnp.stack(phases, axis=1)  # (N, R, ...): batch-major, as the interleave below expects
     x = x.reshape(inner.batch, *x.shape[2:])
 
-    choice = dispatch.select(inner)
-    y = dispatch.LOWERINGS[choice.lowering].lower(inner, x, w)
+    y = dispatch.lower_inner(inner, x, w)
 
     q = inner.out_spatial
     co = spec.out_channels

@@ -103,8 +103,7 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
             kernel_size=tuple(len(p.taps) for p in phase), stride=(1,) * n, padding=tuple(p.pad for p in phase),
             dilation=tuple(p.dilation for p in phase), output_padding=(0,) * n, padding_mode="zeros",
             has_bias=False, lowering="auto")
-        choice = dispatch.select(inner)
-        outputs.append(dispatch.LOWERINGS[choice.lowering].lower(inner, xs, sub_w))
+        outputs.append(dispatch.lower_inner(inner, xs, sub_w))
     y = jnp.stack(outputs)  # (s0*s1*..., *batch_shape), phases in row-major order
     y = y.reshape(*spec.stride, *batch_shape)
     # Interleave: phase index c_i goes right after position v_i along each spatial axis.

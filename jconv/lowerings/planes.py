@@ -62,6 +62,6 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
         in_spatial=(h, wd), kernel_size=spec.kernel_size[1:], stride=spec.stride[1:],
         padding=spec.lowering_padding[1:], dilation=spec.dilation[1:], output_padding=(0, 0), padding_mode="zeros",
         has_bias=False, lowering="auto")
-    y = dispatch.LOWERINGS[dispatch.select(inner).lowering].lower(inner, stacked, w2)
+    y = dispatch.lower_inner(inner, stacked, w2)
     y = y.reshape(n, depth_out, *y.shape[1:])  # (N, D_out, H_out, W_out, C_out)
     return y if spec.channels_last else jnp.moveaxis(y, -1, 1)
