@@ -51,7 +51,16 @@ def _grid():
             big = (9, 9) if n == 2 else (70,)
             cases += [Case(**dict(conv, spatial=(20, 19) if n == 2 else (90,)), in_channels=2, out_channels=4,
                            kernel=big, groups=2, stride=(2,) * n, padding=3)]
-        if n >= 2:
+        if n >= 2:  # large kernels: a loop over kernel rows; rows of 27+ taps take the banded weight gradient
+            lead = (1,) * (n - 2)
+            cases += [
+                Case(**dict(conv, spatial=(5,) * (n - 2) + (6, 40)), in_channels=2, out_channels=4,
+                     kernel=lead + (3, 29), groups=2, stride=lead + (1, 2), padding=(0,) * (n - 2) + (1, 14),
+                     dilation=lead + (2, 1)),
+                Case(**dict(conv, spatial=(7, 8, 9)[:n]), in_channels=3, out_channels=3,
+                     kernel=(9, 9) if n == 2 else (5, 5, 5), groups=3, padding=2, stride=(2,) + (1,) * (n - 1),
+                     channels_last=True),
+            ]
             cases += [
                 Case(**conv, in_channels=2, out_channels=3, kernel=(3, 2) + (1,) * (n - 2), stride=(1, 2) + (1,) * (n - 2),
                      padding=(2, 0) + (1,) * (n - 2), dilation=(1, 3) + (1,) * (n - 2)),

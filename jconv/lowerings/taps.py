@@ -14,6 +14,15 @@ The derivatives are written by hand, because plain autodiff of the tap sum is sl
   the tap sum written as a (rematerialized) loop over taps, whose transpose is one reduction per loop step.
 The rule is a custom_jvp: the input tangent map is the linear transpose of grad_input, so reverse mode
 transposes it back into grad_input, and forward mode (jvp, jacfwd, hessian) still works.
+
+Large kernels (more than MAX_UNROLLED_TAPS taps, with a leading spatial axis, e.g. RepLKNet's 31x31) take
+two other forms, measured on 2x64x28x28, 31x31 (benchmarks/results/cpu.md, replknet_dw31):
+- the sum runs as a loop over kernel rows with the taps of a row unrolled inside (7 vs 27 ms for a loop over
+  all 961 taps one at a time): one fused kernel per row instead of one small kernel per tap.
+- the weight gradient is a banded matmul (grad_weight_banded): per kernel row, input tiles times output
+  gradient tiles contracted over batch and rows, whose diagonals are the kernel row (11-19 vs 30-36 ms), for
+  kernel rows of BANDED_MIN_ROW or more. For shorter rows the per-tap reductions stay faster (13x13-21x21 by
+  10-20%, 7x7: 70 vs 74-140 ms; 5x5: 21 vs 35-48 ms).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -87,8 +97,44 @@ def _dynamic_tap_slice(spec: ConvSpec, xp: jax.Array, index) -> jax.Array:
     return lax.slice(xs, [0] * xp.ndim, window, strides)
 
 
+def _large_kernel_rows(spec: ConvSpec) -> bool:
+    """Too many taps to unroll, but a kernel row (the taps along the last axis) is not: the large-kernel forms."""
+    return (spec.ndim >= 2 and math.prod(spec.kernel_size) > MAX_UNROLLED_TAPS
+            and spec.kernel_size[-1] <= MAX_UNROLLED_TAPS)
+
+
+# Kernel rows at least this long take the banded weight gradient. Measured (weight gradient alone, one process
+# per form): 31x31 wins (2x64x28x28: 19 vs 30 ms; 8x128x28x28: 144 vs 326; 2x128x56x56: 253 vs 271), 13x13,
+# 17x17 and 21x21 lose by 10-20%; between 21 and 31 is unmeasured.
+BANDED_MIN_ROW = 27
+
+
+def _banded_weight_grad(spec: ConvSpec) -> bool:
+    return (_large_kernel_rows(spec) and spec.kernel_size[-1] >= BANDED_MIN_ROW
+            and "batch" not in spec.explicit_sharding)  # it moves the batch into a matmul's contraction
+
+
+def _out_shape(spec: ConvSpec, xp: jax.Array) -> list:
+    shape = list(xp.shape)
+    for axis, o in zip(spatial_axes(spec), spec.out_spatial):
+        shape[axis] = o
+    shape[channel_axis(spec)] = spec.out_channels
+    return shape
+
+
+def _sum_of_row(spec: ConvSpec, rows: jax.Array, w_row: jax.Array, acc: jax.Array) -> jax.Array:
+    """acc + sum over the last axis's taps of rows' slices times w_row[:, j] (rows: leading axes already cut)."""
+    axis = spatial_axes(spec)[-1]
+    d, o, s = spec.dilation[-1], spec.out_spatial[-1], spec.stride[-1]
+    bshape = _broadcast_shape(spec, spec.out_channels)
+    for j in range(spec.kernel_size[-1]):
+        xs = lax.slice_in_dim(rows, j * d, j * d + (o - 1) * s + 1, s, axis)
+        acc = acc + _expand_channels(spec, xs).astype(acc.dtype) * w_row[:, j].reshape(bshape)
+    return acc
+
+
 def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -> jax.Array:
-    """sum_t slice_t(x) * w[:, t], accumulated in at least float32; unrolled, or a loop over taps."""
+    """sum_t slice_t(x) * w[:, t], accumulated in at least float32; unrolled, or a loop over taps or rows."""
     acc_dtype = accumulation_dtype(spec)
     xp = zero_pad(spec, x)
     taps = _taps(spec)
@@ -102,6 +148,24 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -
             acc = term if acc is None else acc + term
         return acc.astype(output_dtype(spec))
 
+    if not loop and _large_kernel_rows(spec):
+        lead_axes = spatial_axes(spec)[:-1]
+        lead_kernel = spec.kernel_size[:-1]
+        w_rows = w_taps.reshape(spec.out_channels, math.prod(lead_kernel), spec.kernel_size[-1])
+
+        def row(index, acc):
+            starts = [0] * xp.ndim
+            window = list(xp.shape)
+            strides = [1] * xp.ndim
+            for axis, t, d, o, s in zip(lead_axes, jnp.unravel_index(index, lead_kernel), spec.dilation,
+                                        spec.out_spatial, spec.stride):
+                starts[axis], window[axis], strides[axis] = t * d, (o - 1) * s + 1, s
+            rows = lax.slice(lax.dynamic_slice(xp, starts, window), [0] * xp.ndim, window, strides)
+            return _sum_of_row(spec, rows, lax.dynamic_index_in_dim(w_rows, index, 1, keepdims=False), acc)
+
+        acc = lax.fori_loop(0, math.prod(lead_kernel), row, jnp.zeros(_out_shape(spec, xp), acc_dtype))
+        return acc.astype(output_dtype(spec))
+
     # Rematerialized: when this loop is transposed (the weight gradient), each step re-slices the input
     # instead of JAX saving every tap's slice, a prod(k)-fold copy of the input.
     @jax.checkpoint
@@ -109,11 +173,7 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -
         xs = _expand_channels(spec, _dynamic_tap_slice(spec, xp, index)).astype(acc_dtype)
         return acc + xs * lax.dynamic_index_in_dim(w_taps, index, axis=1, keepdims=False).reshape(bshape)
 
-    out_shape = list(xp.shape)
-    for axis, o in zip(spatial_axes(spec), spec.out_spatial):
-        out_shape[axis] = o
-    out_shape[channel_axis(spec)] = spec.out_channels
-    return lax.fori_loop(0, len(taps), body, jnp.zeros(out_shape, acc_dtype)).astype(output_dtype(spec))
+    return lax.fori_loop(0, len(taps), body, jnp.zeros(_out_shape(spec, xp), acc_dtype)).astype(output_dtype(spec))
 
 
 # --- the two gradients, in their fast forms -----------------------------------------------------------------
@@ -142,6 +202,53 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     return gx[tuple(crop)]
 
 
+def grad_weight_banded(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
+    """d(sum y*g)/dw for large kernels (_large_kernel_rows), as one batched matmul per leading tap.
+
+    Along the last spatial axis the outputs are cut into tiles of `tile` positions, and the inputs into the
+    overlapping tiles they read. For each leading tap (a kernel row in 2-D), input tiles times output-gradient
+    tiles, contracted over the batch and the leading output positions, give per channel and tile a
+    (span x tile) matrix whose entry (w * stride + j * dilation, w) summed over w and tiles is the weight
+    gradient of tap j of that row. XLA runs those as dense matmuls instead of one reduction per tap.
+    """
+    acc_dtype = accumulation_dtype(spec)
+    kw, d, s, o = spec.kernel_size[-1], spec.dilation[-1], spec.stride[-1], spec.out_spatial[-1]
+    tile = min(o, kw)  # output positions per tile: inputs read per tile are at most ~2x the kernel's reach
+    n_tiles = -(-o // tile)
+    step = tile * s  # input positions between the starts of consecutive tiles
+    span = (tile - 1) * s + (kw - 1) * d + 1  # input positions one tile reads
+    copies = -(-span // step)  # shifted block views whose concatenation covers a span
+
+    axes = spatial_axes(spec)
+    padded_last = spec.lowering_in_spatial[-1] + sum(spec.lowering_padding[-1])
+    extra = (0,) * (spec.ndim - 1) + (max(0, (n_tiles + copies - 1) * step - padded_last),)
+    xp = _expand_channels(spec, zero_pad(spec, x, extra_hi=extra)).astype(acc_dtype)
+    # (C, *leading spatial, N, last spatial): channels batch the matmuls; leading spatial and N are contracted.
+    perm = (channel_axis(spec), *axes[:-1], 0, axes[-1])
+    xc = jnp.transpose(xp, perm)
+    blocks = [lax.slice_in_dim(xc, q * step, q * step + n_tiles * step, axis=xc.ndim - 1)
+              .reshape(*xc.shape[:-1], n_tiles, step) for q in range(copies)]
+    x_tiles = jnp.moveaxis(jnp.concatenate(blocks, axis=-1)[..., :span], -2, 1)  # (C, tiles, *lead, N, span)
+    gc = jnp.transpose(g, perm).astype(acc_dtype)
+    gc = jnp.pad(gc, [(0, 0)] * (gc.ndim - 1) + [(0, n_tiles * tile - o)])
+    g_tiles = jnp.moveaxis(gc.reshape(*gc.shape[:-1], n_tiles, tile), -2, 1)  # (C, tiles, *lead out, N, tile)
+
+    n_lead = spec.ndim - 1
+    contract = tuple(range(2, 3 + n_lead))
+    tap_rows = np.arange(tile)[None, :] * s + np.arange(kw)[:, None] * d  # (kw, tile): input offset in a tile
+    tap_cols = np.broadcast_to(np.arange(tile)[None, :], (kw, tile))
+    rows = []
+    for lead_tap in itertools.product(*(range(k) for k in spec.kernel_size[:-1])):
+        start, limit, strides = [0] * x_tiles.ndim, list(x_tiles.shape), [1] * x_tiles.ndim
+        for a, t, dd, oo, ss in zip(range(2, 2 + n_lead), lead_tap, spec.dilation, spec.out_spatial, spec.stride):
+            start[a], limit[a], strides[a] = t * dd, t * dd + (oo - 1) * ss + 1, ss
+        products = lax.dot_general(lax.slice(x_tiles, start, limit, strides), g_tiles,
+                                   ((contract, contract), ((0, 1), (0, 1))), precision=lax.Precision.HIGHEST,
+                                   preferred_element_type=acc_dtype)  # (C, tiles, span, tile)
+        rows.append(products[:, :, tap_rows, tap_cols].sum(axis=(1, 3)))  # (C, kw)
+    return jnp.stack(rows, axis=1).reshape(spec.out_channels, 1, *spec.kernel_size)
+
+
 # --- wiring -------------------------------------------------------------------------------------------------
 
 
@@ -163,9 +270,14 @@ def _depthwise_jvp(spec, primals, tangents):
         (t,) = jax.linear_transpose(lambda g: grad_input(spec, w, g).astype(x.dtype), g_example)(tx)
         parts.append(t)
     if not isinstance(tw, SymbolicZero):
-        # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one reduction
-        # per tap, one after another.
-        parts.append(forward(spec, x, tw, loop=True))
+        if _banded_weight_grad(spec):
+            # The tangent map whose transpose is the banded weight gradient (see grad_weight_banded).
+            (t,) = jax.linear_transpose(lambda g: grad_weight_banded(spec, x, g).astype(w.dtype), g_example)(tw)
+            parts.append(t)
+        else:
+            # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one
+            # reduction per tap, one after another.
+            parts.append(forward(spec, x, tw, loop=True))
     tangent = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
     return y, tangent.astype(y.dtype)
 
