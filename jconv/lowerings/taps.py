@@ -80,21 +80,39 @@ def _taps(spec: ConvSpec):
     return list(itertools.product(*(range(k) for k in spec.kernel_size)))
 
 
-def _dynamic_tap_slice(spec: ConvSpec, xp: jax.Array, index) -> jax.Array:
-    """tap_slice for a traced tap index (row-major over the kernel), on an already padded input."""
+def _stride_phases(spec: ConvSpec, x: jax.Array) -> jax.Array:
+    """The zero-padded input with every spatial axis cut into its stride phases, stacked in a new leading axis.
+
+    Phase p of an axis holds the padded positions m * stride + p, so the positions a tap meets for consecutive
+    outputs are consecutive in one phase: a tap's slice is contiguous. Strided slices inside the tap loop's
+    reductions (the weight gradient) ran 2-3x slower than these (8x144x56x56, 3x3 stride 2: 5.3 vs 13.6 ms).
+    """
     axes = spatial_axes(spec)
-    starts = [0] * xp.ndim
-    window = list(xp.shape)
-    strides = [1] * xp.ndim
-    rem = index
-    for axis, k, d, o, s in reversed(list(zip(axes, spec.kernel_size, spec.dilation, spec.out_spatial,
-                                              spec.stride))):
-        starts[axis] = (rem % k) * d
-        rem = rem // k
-        window[axis] = (o - 1) * s + 1
-        strides[axis] = s
-    xs = lax.dynamic_slice(xp, starts, window)
-    return lax.slice(xs, [0] * xp.ndim, window, strides)
+    padded = [i + lo + hi for i, (lo, hi) in zip(spec.lowering_in_spatial, spec.lowering_padding)]
+    xp = zero_pad(spec, x, extra_hi=tuple(-p % s for p, s in zip(padded, spec.stride)))
+    split, phase_axes = [], []
+    for axis, size in enumerate(xp.shape):
+        if axis in axes:
+            s = spec.stride[axes.index(axis)]
+            split += [size // s, s]
+            phase_axes.append(len(split) - 1)
+        else:
+            split.append(size)
+    xs = jnp.moveaxis(xp.reshape(split), phase_axes, range(spec.ndim))
+    return xs.reshape(math.prod(spec.stride), *xs.shape[spec.ndim:])
+
+
+def _dynamic_tap_slice(spec: ConvSpec, phases: jax.Array, index) -> jax.Array:
+    """The slice of _stride_phases that a traced tap index (row-major over the kernel) meets."""
+    starts = [0] * phases.ndim
+    window = [1] + list(phases.shape[1:])
+    phase = 0
+    for axis, t, d, o, s in zip(spatial_axes(spec), jnp.unravel_index(index, spec.kernel_size), spec.dilation,
+                                spec.out_spatial, spec.stride):
+        phase = phase * s + (t * d) % s
+        starts[axis + 1], window[axis + 1] = (t * d) // s, o
+    starts[0] = phase
+    return lax.dynamic_slice(phases, starts, window)[0]
 
 
 def _large_kernel_rows(spec: ConvSpec) -> bool:
@@ -166,11 +184,13 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -
         acc = lax.fori_loop(0, math.prod(lead_kernel), row, jnp.zeros(_out_shape(spec, xp), acc_dtype))
         return acc.astype(output_dtype(spec))
 
+    phases = _stride_phases(spec, x)
+
     # Rematerialized: when this loop is transposed (the weight gradient), each step re-slices the input
     # instead of JAX saving every tap's slice, a prod(k)-fold copy of the input.
     @jax.checkpoint
     def body(index, acc):
-        xs = _expand_channels(spec, _dynamic_tap_slice(spec, xp, index)).astype(acc_dtype)
+        xs = _expand_channels(spec, _dynamic_tap_slice(spec, phases, index)).astype(acc_dtype)
         return acc + xs * lax.dynamic_index_in_dim(w_taps, index, axis=1, keepdims=False).reshape(bshape)
 
     return lax.fori_loop(0, len(taps), body, jnp.zeros(_out_shape(spec, xp), acc_dtype)).astype(output_dtype(spec))
