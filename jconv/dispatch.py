@@ -62,7 +62,8 @@ def _transposed(spec: ConvSpec) -> bool:
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
          "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 100 / 277, "
-         "taps 3.5 / 21; Mamba conv1d k4: lax 103 / 26083, taps 1.9 / 21"),
+         "taps 3.5 / 21; Mamba conv1d k4: lax 103 / 26083, taps 1.9 / 21; RepLKNet 31x31 2x64x28x28: "
+         "lax 367 / 1038, taps 6.3 / 45"),
     Rule("planes", ("cpu",), _dense_3d,
          "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 57 / 215, "
          "planes 24 / 86 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),

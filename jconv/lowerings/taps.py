@@ -16,7 +16,8 @@ The rule is a custom_jvp: the input tangent map is the linear transpose of grad_
 transposes it back into grad_input, and forward mode (jvp, jacfwd, hessian) still works.
 
 Large kernels (more than MAX_UNROLLED_TAPS taps, with a leading spatial axis, e.g. RepLKNet's 31x31) take
-two other forms, measured on 2x64x28x28, 31x31 (benchmarks/results/cpu.md, replknet_dw31):
+two other forms (development probes on 2x64x28x28, 31x31; the benchmark row is replknet_dw31 in
+benchmarks/results/cpu.md):
 - the sum runs as a loop over kernel rows with the taps of a row unrolled inside (7 vs 27 ms for a loop over
   all 961 taps one at a time): one fused kernel per row instead of one small kernel per tap.
 - the weight gradient is a banded matmul (grad_weight_banded): per kernel row, input tiles times output
