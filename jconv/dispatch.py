@@ -61,22 +61,22 @@ def _transposed(spec: ConvSpec) -> bool:
 # convolution until benchmarks/run.py has been run there.
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
-         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 100 / 277, "
-         "taps 3.5 / 21; Mamba conv1d k4: lax 103 / 26083, taps 1.9 / 21; RepLKNet 31x31 2x64x28x28: "
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 103 / 197, "
+         "taps 2.6 / 33; Mamba conv1d k4: lax 101 / 26717, taps 1.7 / 27; RepLKNet 31x31 2x64x28x28: "
          "lax 367 / 1038, taps 6.3 / 45"),
     Rule("planes", ("cpu",), _dense_3d,
-         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 57 / 215, "
-         "planes 24 / 86 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
+         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 55 / 215, "
+         "planes 25 / 87 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
     Rule("grouped", ("cpu",), _grouped,
-         "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 27 / 661, grouped 3.7 / 11"),
+         "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 13 / 564, grouped 3.3 / 9.2"),
     Rule("matmul", ("cpu",), _pointwise,
-         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 6.2 / 15.5, matmul 3.5 / 9.9"),
+         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 4.8 / 13.4, matmul 2.2 / 8.3"),
     Rule("phase", ("cpu",), _transposed,
-         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 5.8 / 120, phase 5.4 / 16 "
-         "(the VJP of the forward conv: 6.0 / 121)"),
+         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 5.2 / 119, phase 5.8 / 16 "
+         "(the VJP of the forward conv: 5.4 / 121)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
-         "space-to-batch measured 32 / 106 against lax's 24 / 64 for 8x64x56x56 d4), and the only one measured "
+         "space-to-batch measured 60 / 117 against lax's 24 / 47 for 8x64x56x56 d4), and the only one measured "
          "on GPU/TPU so far"),
 )
 
