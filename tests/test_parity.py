@@ -5,13 +5,16 @@ A new lowering registered in jconv.dispatch.LOWERINGS joins these tests automati
 
 from __future__ import annotations
 
+import math
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import jconv
-from parity import accepted, assert_parity, jconv_forward_and_grads
+from parity import accepted, assert_parity, build_spec, jconv_forward_and_grads
 from references import Case, numpy_conv, numpy_conv_transpose, resolve_pads, torch_forward_and_grads
 
 LOWERINGS = ("auto",) + jconv.LOWERING_NAMES
@@ -100,6 +103,24 @@ def test_grid_parity_float64(case, lowering):
     if not accepted(case, lowering):
         pytest.skip(f"{lowering} does not accept this case")
     assert_parity(case, lowering)
+
+
+def test_grid_covers_every_form_of_the_taps_lowering():
+    """The grid above reaches each of taps' forms, so its parity checks guard all of them."""
+    from jconv.lowerings import taps
+
+    forms = set()
+    for case in GRID:
+        if not accepted(case, "taps"):
+            continue
+        x, w, b = case.arrays()
+        spec = build_spec(case, "taps", jnp.asarray(x), jnp.asarray(w), None)
+        large = taps._large_kernel_rows(spec)
+        forms.add(("rows" if large else "unrolled" if math.prod(spec.kernel_size) <= taps.MAX_UNROLLED_TAPS
+                   else "per-tap loop", taps._banded_weight_grad(spec), max(spec.stride) > 1))
+    assert {"unrolled", "rows", "per-tap loop"} <= {f[0] for f in forms}, forms
+    assert any(f[1] for f in forms) and any(f[0] == "rows" and not f[1] for f in forms), forms  # banded and not
+    assert any(f[2] and not f[1] for f in forms), forms  # a strided per-tap weight-gradient loop (stride phases)
 
 
 @st.composite

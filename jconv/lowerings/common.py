@@ -48,6 +48,11 @@ def spatial_axes(spec: ConvSpec) -> tuple:
     return tuple(range(first, first + spec.ndim))
 
 
+def padded_spatial(spec: ConvSpec) -> tuple:
+    """Spatial sizes of the input after the spec's zero padding (what zero_pad returns without extra_hi)."""
+    return tuple(i + lo + hi for i, (lo, hi) in zip(spec.lowering_in_spatial, spec.lowering_padding))
+
+
 def zero_pad(spec: ConvSpec, x: jax.Array, extra_hi=None) -> jax.Array:
     """Apply the spec's zero padding explicitly (for lowerings that slice the input themselves)."""
     extra_hi = extra_hi or (0,) * spec.ndim
@@ -85,8 +90,7 @@ def input_grad_dilation(spec: ConvSpec) -> list:
     the flipped kernel whose output is the gradient w.r.t. the padded input: the gradient is dilated by the
     stride, padded by the dilated kernel's reach, and extended over trailing inputs the forward never read."""
     config = []
-    for o, s, d, k, i, (lo, hi) in zip(spec.out_spatial, spec.stride, spec.dilation, spec.kernel_size,
-                                       spec.lowering_in_spatial, spec.lowering_padding):
+    for o, s, d, k, p in zip(spec.out_spatial, spec.stride, spec.dilation, spec.kernel_size, padded_spatial(spec)):
         reach = d * (k - 1)
-        config.append((reach, reach + (i + lo + hi) - ((o - 1) * s + 1 + reach), s - 1))
+        config.append((reach, reach + p - ((o - 1) * s + 1 + reach), s - 1))
     return config

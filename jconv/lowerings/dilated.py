@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jconv.lowerings.common import spatial_axes, zero_pad
+from jconv.lowerings.common import padded_spatial, spatial_axes, zero_pad
 from jconv.spec import ConvSpec
 
 NAME = "dilated"
@@ -41,8 +41,8 @@ def accepts(spec: ConvSpec):
 def inner_spec(spec: ConvSpec) -> ConvSpec:
     """The undilated convolution run on the stacked phases."""
     d = spec.dilation
-    padded = [i + lo + hi for i, (lo, hi) in zip(spec.lowering_in_spatial, spec.lowering_padding)]
-    phases = tuple(-(-p // di) for p, di in zip(padded, d))  # ceil: the input is zero-extended to a multiple
+    # ceil: the input is zero-extended to a multiple
+    phases = tuple(-(-p // di) for p, di in zip(padded_spatial(spec), d))
     return dataclasses.replace(
         spec, batch=spec.batch * math.prod(d), in_spatial=phases, dilation=(1,) * spec.ndim,
         padding=((0, 0),) * spec.ndim, padding_mode="zeros", lowering="auto", has_bias=False, batched=True)
@@ -53,8 +53,7 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 
     n, d = spec.ndim, spec.dilation
     inner = inner_spec(spec)
-    padded = [p * di for p, di in zip(inner.in_spatial, d)]
-    extra = [p - i - lo - hi for p, i, (lo, hi) in zip(padded, spec.lowering_in_spatial, spec.lowering_padding)]
+    extra = [q * di - p for q, di, p in zip(inner.in_spatial, d, padded_spatial(spec))]
     x = zero_pad(spec, x, extra_hi=extra)
     batch, c = spec.batch, spec.in_channels
     # Phases by strided slices, merged into the batch axis (batch-major). (A reshape that splits each spatial axis

@@ -40,7 +40,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings.common import (
-    accumulation_dtype, channel_axis, input_grad_dilation, output_dtype, spatial_axes, tap_slice, zero_pad)
+    accumulation_dtype, channel_axis, input_grad_dilation, output_dtype, padded_spatial, spatial_axes, tap_slice,
+    zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "taps"
@@ -89,8 +90,7 @@ def _stride_phases(spec: ConvSpec, x: jax.Array) -> jax.Array:
     reductions (the weight gradient) ran 2-3x slower than these (8x144x56x56, 3x3 stride 2: 5.3 vs 13.6 ms).
     """
     axes = spatial_axes(spec)
-    padded = [i + lo + hi for i, (lo, hi) in zip(spec.lowering_in_spatial, spec.lowering_padding)]
-    xp = zero_pad(spec, x, extra_hi=tuple(-p % s for p, s in zip(padded, spec.stride)))
+    xp = zero_pad(spec, x, extra_hi=tuple(-p % s for p, s in zip(padded_spatial(spec), spec.stride)))
     split, phase_axes = [], []
     for axis, size in enumerate(xp.shape):
         if axis in axes:
@@ -133,8 +133,8 @@ def _banded_weight_grad(spec: ConvSpec) -> bool:
             and "batch" not in spec.explicit_sharding)  # it moves the batch into a matmul's contraction
 
 
-def _out_shape(spec: ConvSpec, xp: jax.Array) -> list:
-    shape = list(xp.shape)
+def _out_shape(spec: ConvSpec, x: jax.Array) -> list:
+    shape = list(x.shape)
     for axis, o in zip(spatial_axes(spec), spec.out_spatial):
         shape[axis] = o
     shape[channel_axis(spec)] = spec.out_channels
@@ -155,11 +155,11 @@ def _sum_of_row(spec: ConvSpec, rows: jax.Array, w_row: jax.Array, acc: jax.Arra
 def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -> jax.Array:
     """sum_t slice_t(x) * w[:, t], accumulated in at least float32; unrolled, or a loop over taps or rows."""
     acc_dtype = accumulation_dtype(spec)
-    xp = zero_pad(spec, x)
     taps = _taps(spec)
     w_taps = w.reshape(spec.out_channels, len(taps)).astype(acc_dtype)  # row-major, the order of `taps`
     bshape = _broadcast_shape(spec, spec.out_channels)
     if not loop and len(taps) <= MAX_UNROLLED_TAPS:
+        xp = zero_pad(spec, x)
         acc = None
         for index, tap in enumerate(taps):
             term = _expand_channels(spec, tap_slice(spec, xp, tap)).astype(acc_dtype) * \
@@ -168,6 +168,7 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -
         return acc.astype(output_dtype(spec))
 
     if not loop and _large_kernel_rows(spec):
+        xp = zero_pad(spec, x)
         lead_axes = spatial_axes(spec)[:-1]
         lead_kernel = spec.kernel_size[:-1]
         w_rows = w_taps.reshape(spec.out_channels, math.prod(lead_kernel), spec.kernel_size[-1])
@@ -182,7 +183,7 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -
             rows = lax.slice(lax.dynamic_slice(xp, starts, window), [0] * xp.ndim, window, strides)
             return _sum_of_row(spec, rows, lax.dynamic_index_in_dim(w_rows, index, 1, keepdims=False), acc)
 
-        acc = lax.fori_loop(0, math.prod(lead_kernel), row, jnp.zeros(_out_shape(spec, xp), acc_dtype))
+        acc = lax.fori_loop(0, math.prod(lead_kernel), row, jnp.zeros(_out_shape(spec, x), acc_dtype))
         return acc.astype(output_dtype(spec))
 
     phases = _stride_phases(spec, x)
@@ -194,7 +195,7 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array, *, loop: bool = False) -
         xs = _expand_channels(spec, _dynamic_tap_slice(spec, phases, index)).astype(acc_dtype)
         return acc + xs * lax.dynamic_index_in_dim(w_taps, index, axis=1, keepdims=False).reshape(bshape)
 
-    return lax.fori_loop(0, len(taps), body, jnp.zeros(_out_shape(spec, xp), acc_dtype)).astype(output_dtype(spec))
+    return lax.fori_loop(0, len(taps), body, jnp.zeros(_out_shape(spec, x), acc_dtype)).astype(output_dtype(spec))
 
 
 # --- the two gradients, in their fast forms -----------------------------------------------------------------
@@ -241,8 +242,7 @@ def grad_weight_banded(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
     copies = -(-span // step)  # shifted block views whose concatenation covers a span
 
     axes = spatial_axes(spec)
-    padded_last = spec.lowering_in_spatial[-1] + sum(spec.lowering_padding[-1])
-    extra = (0,) * (spec.ndim - 1) + (max(0, (n_tiles + copies - 1) * step - padded_last),)
+    extra = (0,) * (spec.ndim - 1) + (max(0, (n_tiles + copies - 1) * step - padded_spatial(spec)[-1]),)
     xp = _expand_channels(spec, zero_pad(spec, x, extra_hi=extra)).astype(acc_dtype)
     # (C, *leading spatial, N, last spatial): channels batch the matmuls; leading spatial and N are contracted.
     perm = (channel_axis(spec), *axes[:-1], 0, axes[-1])
