@@ -21,9 +21,9 @@ benchmarks/results/cpu.md):
 - the sum runs as a loop over kernel rows with the taps of a row unrolled inside (7 vs 27 ms for a loop over
   all 961 taps one at a time): one fused kernel per row instead of one small kernel per tap.
 - the weight gradient is a banded matmul (grad_weight_banded): per kernel row, input tiles times output
-  gradient tiles contracted over batch and rows, whose diagonals are the kernel row (11-19 vs 30-36 ms), for
+  gradient tiles contracted over batch and rows, whose diagonals are the kernel row (10-19 vs 30-36 ms), for
   kernel rows of BANDED_MIN_ROW or more. For shorter rows the per-tap reductions stay faster (13x13-21x21 by
-  10-20%, 7x7: 70 vs 74-140 ms; 5x5: 21 vs 35-48 ms).
+  10-22%; 7x7 on 8x96x56x56: 67-77 vs 73-141 ms; 5x5 on 8x240x28x28: 21-25 vs 35-48 ms).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _large_kernel_rows(spec: ConvSpec) -> bool:
 
 # Kernel rows at least this long take the banded weight gradient. Measured (weight gradient alone, one process
 # per form): 31x31 wins (2x64x28x28: 19 vs 30 ms; 8x128x28x28: 144 vs 326; 2x128x56x56: 253 vs 271), 13x13,
-# 17x17 and 21x21 lose by 10-20%; between 21 and 31 is unmeasured.
+# 17x17 and 21x21 lose by 10-22%; between 21 and 31 is unmeasured.
 BANDED_MIN_ROW = 27
 
 
