@@ -61,22 +61,23 @@ def _transposed(spec: ConvSpec) -> bool:
 # convolution until benchmarks/run.py has been run there.
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
-         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 103 / 197, "
-         "taps 2.6 / 33; Mamba conv1d k4: lax 101 / 26717, taps 1.7 / 27; RepLKNet 31x31 2x64x28x28: "
-         "lax 367 / 1038, taps 6.3 / 45"),
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 156 / 292, "
+         "taps 3.7 / 32; ConvNeXt 7x7 8x96x56x56: lax 297 / 546, taps 6.3 / 42; Mamba conv1d k4: "
+         "lax 145 / 26092, taps 2.6 / 32; RepLKNet 31x31 2x64x28x28: lax 360 / 1035, taps 6.4 / 39"),
     Rule("planes", ("cpu",), _dense_3d,
-         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 55 / 215, "
-         "planes 25 / 87 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
+         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 58 / 241, "
+         "planes 26 / 89 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
     Rule("grouped", ("cpu",), _grouped,
-         "grouped on CPU: one dense conv per group; g=8 8x128x28x28 3x3: lax 13 / 564, grouped 3.3 / 9.2"),
+         "grouped on CPU: dense convs over one or a few merged groups; g=8 8x128x28x28 3x3: lax 16 / 760, "
+         "grouped 4.7 / 12.3; g=32 4x256x28x28: lax 16 / 2532, grouped 7.6 / 12.9"),
     Rule("matmul", ("cpu",), _pointwise,
-         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 4.8 / 13.4, matmul 2.2 / 8.3"),
+         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 6.4 / 15.0, matmul 3.1 / 9.5"),
     Rule("phase", ("cpu",), _transposed,
-         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 5.2 / 119, phase 5.8 / 16 "
-         "(the VJP of the forward conv: 5.4 / 121)"),
+         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 6.7 / 123, phase 6.5 / 19 "
+         "(the VJP of the forward conv: 7.8 / 128)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
-         "space-to-batch measured 60 / 117 against lax's 24 / 47 for 8x64x56x56 d4), and the only one measured "
+         "space-to-batch measured 38 / 187 against lax's 26 / 53 for 8x64x56x56 d4), and the only one measured "
          "on GPU/TPU so far"),
 )
 

@@ -49,6 +49,11 @@ def _grid():
             Case(**dict(conv, batch=1), in_channels=3, out_channels=4, kernel=k3, padding=1, unbatched=True),
             Case(**dict(conv, batch=1), in_channels=3, out_channels=4, kernel=k3, padding=1, unbatched=True,
                  channels_last=True, padding_mode="circular"),
+            # Groups too wide to merge into one dense conv (grouped.MERGE_MAX_IN_PER_GROUP), with a multiplier.
+            Case(**conv, in_channels=18, out_channels=4, kernel=k3, groups=2, padding=1),
+            # A batch that the weight gradient's summed form cuts into ragged blocks (9 into 8 blocks of 2).
+            Case(**dict(conv, batch=9), in_channels=2, out_channels=4, kernel=k3, groups=2, padding=1,
+                 stride=(2,) + (1,) * (n - 1)),
         ]
         if n <= 2:  # more than 64 taps: the looped tap sum
             big = (9, 9) if n == 2 else (70,)
@@ -64,7 +69,9 @@ def _grid():
                      kernel=(9, 9) if n == 2 else (5, 5, 5), groups=3, padding=2, stride=(2,) + (1,) * (n - 1),
                      channels_last=True),
             ]
-            cases += [
+            cases += [  # more than 27 taps at stride 1: the summed weight gradient's loop over kernel rows
+                Case(**conv, in_channels=3, out_channels=6, kernel=lead + (5, 7), groups=3, padding="same",
+                     dilation=lead + (1, 2)),
                 Case(**conv, in_channels=2, out_channels=3, kernel=(3, 2) + (1,) * (n - 2), stride=(1, 2) + (1,) * (n - 2),
                      padding=(2, 0) + (1,) * (n - 2), dilation=(1, 3) + (1,) * (n - 2)),
             ]
@@ -109,18 +116,28 @@ def test_grid_covers_every_form_of_the_taps_lowering():
     """The grid above reaches each of taps' forms, so its parity checks guard all of them."""
     from jconv.lowerings import taps
 
-    forms = set()
+    forward_forms, weight_forms = set(), set()
     for case in GRID:
         if not accepted(case, "taps"):
             continue
         x, w, b = case.arrays()
         spec = build_spec(case, "taps", jnp.asarray(x), jnp.asarray(w), None)
-        large = taps._large_kernel_rows(spec)
-        forms.add(("rows" if large else "unrolled" if math.prod(spec.kernel_size) <= taps.MAX_UNROLLED_TAPS
-                   else "per-tap loop", taps._banded_weight_grad(spec), max(spec.stride) > 1))
-    assert {"unrolled", "rows", "per-tap loop"} <= {f[0] for f in forms}, forms
-    assert any(f[1] for f in forms) and any(f[0] == "rows" and not f[1] for f in forms), forms  # banded and not
-    assert any(f[2] and not f[1] for f in forms), forms  # a strided per-tap weight-gradient loop (stride phases)
+        forward_forms.add("rows" if taps._large_kernel_rows(spec) else
+                          "unrolled" if math.prod(spec.kernel_size) <= taps.MAX_UNROLLED_TAPS else "per-tap loop")
+        weight_forms.add((taps.weight_grad_form(spec), max(spec.stride) > 1, case.batch > taps.SUMMED_BLOCKS))
+    assert forward_forms == {"unrolled", "rows", "per-tap loop"}, forward_forms
+    assert {f[0] for f in weight_forms} == {"summed", "summed loop", "banded", "per-tap loop"}, weight_forms
+    assert ("per-tap loop", True, False) in weight_forms, weight_forms  # strided: the stride phases
+    assert ("summed", True, True) in weight_forms, weight_forms  # strided, batch cut into ragged blocks
+
+
+def test_grid_covers_merged_and_single_group_convs():
+    """The grid reaches the grouped lowering's merged (block-diagonal) convs and its one-group-per-conv form."""
+    from jconv.lowerings import grouped
+
+    merged = {grouped.groups_per_conv(build_spec(case, "grouped", *map(jnp.asarray, case.arrays()[:2]), None))
+              for case in GRID if accepted(case, "grouped")}
+    assert 1 in merged and max(merged) > 1, merged
 
 
 @st.composite

@@ -10,10 +10,14 @@ The derivatives are written by hand, because plain autodiff of the tap sum is sl
   ~9x slower than the same sum written with slices. Here it is a tap sum over the stride-dilated output gradient
   with the flipped kernel: slices again.
 - the weight gradient is one reduction per tap; XLA fuses the sibling reductions (they share the output
-  gradient) into one kernel that runs ~4x slower than the reductions one at a time. Here the weight tangent is
-  the tap sum written as a (rematerialized) loop over taps, whose transpose is one reduction per loop step.
-The rule is a custom_jvp: the input tangent map is the linear transpose of grad_input, so reverse mode
-transposes it back into grad_input, and forward mode (jvp, jacfwd, hessian) still works.
+  gradient) into one kernel that runs ~4x slower than the reductions one at a time, and even one at a time
+  XLA:CPU's reductions run ~10x slower per element than its elementwise loops. Here (grad_weight_summed) each
+  tap's products are first summed elementwise over blocks of the batch (or of output rows), one fused loop,
+  and only a block's worth per tap goes to the reductions: 1.6-2x faster forward+backward on MobileNet's
+  3x3, ConvNeXt's 7x7 and EfficientNet's 5x5 (weight_grad_form has the numbers and the rule).
+The rule is a custom_jvp: the input tangent map is the linear transpose of grad_input, and the weight tangent
+map the linear transpose of the weight gradient's form, so reverse mode transposes them back into those forms,
+and forward mode (jvp, jacfwd, hessian) still works.
 
 Large kernels (more than MAX_UNROLLED_TAPS taps, with a leading spatial axis, e.g. RepLKNet's 31x31) take
 two other forms (development probes on 2x64x28x28, 31x31; the benchmark row is replknet_dw31 in
@@ -21,9 +25,10 @@ benchmarks/results/cpu.md):
 - the sum runs as a loop over kernel rows with the taps of a row unrolled inside (7 vs 27 ms for a loop over
   all 961 taps one at a time): one fused kernel per row instead of one small kernel per tap.
 - the weight gradient is a banded matmul (grad_weight_banded): per kernel row, input tiles times output
-  gradient tiles contracted over batch and rows, whose diagonals are the kernel row (10-19 vs 30-36 ms), for
-  kernel rows of BANDED_MIN_ROW or more. For shorter rows the per-tap reductions stay faster (13x13-21x21 by
-  10-22%; 7x7 on 8x96x56x56: 67-77 vs 73-141 ms; 5x5 on 8x240x28x28: 21-25 vs 35-48 ms).
+  gradient tiles contracted over batch and rows, whose diagonals are the kernel row (10-19 vs 30-36 ms against
+  one reduction per tap), for kernel rows of BANDED_MIN_ROW or more. For shorter rows the per-tap reductions
+  were faster (13x13-21x21 by 10-22%; 7x7 on 8x96x56x56: 67-77 vs 73-141 ms; 5x5 on 8x240x28x28: 21-25 vs
+  35-48 ms), and the summed form now takes those.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def _taps(spec: ConvSpec):
     return list(itertools.product(*(range(k) for k in spec.kernel_size)))
 
 
-def _stride_phases(spec: ConvSpec, x: jax.Array) -> jax.Array:
+def _stride_phases(spec: ConvSpec, x: jax.Array, extra_hi=None) -> jax.Array:
     """The zero-padded input with every spatial axis cut into its stride phases, stacked in a new leading axis.
 
     Phase p of an axis holds the padded positions m * stride + p, so the positions a tap meets for consecutive
@@ -90,7 +95,9 @@ def _stride_phases(spec: ConvSpec, x: jax.Array) -> jax.Array:
     reductions (the weight gradient) ran 2-3x slower than these (8x144x56x56, 3x3 stride 2: 5.3 vs 13.6 ms).
     """
     axes = spatial_axes(spec)
-    xp = zero_pad(spec, x, extra_hi=tuple(-p % s for p, s in zip(padded_spatial(spec), spec.stride)))
+    extra_hi = extra_hi or (0,) * spec.ndim
+    xp = zero_pad(spec, x, extra_hi=tuple(e + (-(p + e) % s) for p, s, e in zip(padded_spatial(spec), spec.stride,
+                                                                                 extra_hi)))
     split, phase_axes = [], []
     for axis, size in enumerate(xp.shape):
         if axis in axes:
@@ -128,9 +135,34 @@ def _large_kernel_rows(spec: ConvSpec) -> bool:
 BANDED_MIN_ROW = 27
 
 
-def _banded_weight_grad(spec: ConvSpec) -> bool:
-    return (_large_kernel_rows(spec) and spec.kernel_size[-1] >= BANDED_MIN_ROW
-            and "batch" not in spec.explicit_sharding)  # it moves the batch into a matmul's contraction
+# The weight gradient's summed form (grad_weight_summed) loops over the leading kernel axes for kernels of more
+# than SUMMED_LOOP_MIN_TAPS taps at stride 1, unrolls all taps of the others up to SUMMED_UNROLLED_TAPS, and
+# leaves strided kernels of more taps to the per-tap loop (see weight_grad_form).
+SUMMED_LOOP_MIN_TAPS = 16
+SUMMED_UNROLLED_TAPS = 27
+
+
+def weight_grad_form(spec: ConvSpec) -> str:
+    """How the weight gradient is computed: "summed" (unrolled), "summed loop", "banded" or "per-tap loop".
+
+    Measured forward+backward (one process per shape, the forms side by side; benchmarks/results/cpu.md for the
+    benchmark rows): the summed form against the per-tap loop took 25 vs 40 ms on 8x128x56x56 3x3, 8-10 vs
+    14-25 at 5x5 stride 2 and 3x3x3, and at stride 1 in its loop form 50 vs 97-104 ms on 8x96x56x56 7x7 and
+    14 vs 25 on 8x240x28x28 5x5, unrolled 97 vs 107 on a 1-D k=31; 13x13 on 2x64x28x28 was even (14-17 ms).
+    Strided kernels of more taps lost (8x96x56x56 7x7 stride 2: 32-34 vs 25 ms) and stay per-tap. Loop against
+    unrolled: the loop won at stride 1 from 5x5 up (5x5: 14 vs 21-25 ms; 7x7: 50 vs 77-83), the unrolled form at
+    3x3 (25 vs 31) and strided (5x5 stride 2: 9.5 vs 24); 2x32x16x32x32 3x3x3 at stride 1 (27 taps, so the loop)
+    measured 7.4 looped, 6.3 unrolled, 13 per tap.
+    """
+    if (_large_kernel_rows(spec) and spec.kernel_size[-1] >= BANDED_MIN_ROW
+            and "batch" not in spec.explicit_sharding):  # banded moves the batch into a matmul's contraction
+        return "banded"
+    taps, stride_1 = math.prod(spec.kernel_size), max(spec.stride) == 1
+    if spec.ndim >= 2 and stride_1 and taps > SUMMED_LOOP_MIN_TAPS and spec.kernel_size[-1] <= MAX_UNROLLED_TAPS:
+        return "summed loop"
+    if taps <= SUMMED_UNROLLED_TAPS or (spec.ndim == 1 and stride_1 and taps <= MAX_UNROLLED_TAPS):
+        return "summed"
+    return "per-tap loop"
 
 
 def _out_shape(spec: ConvSpec, x: jax.Array) -> list:
@@ -224,6 +256,94 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     return gx[tuple(crop)]
 
 
+# The weight gradient sums each tap's products elementwise over this many blocks (of the batch, then of the
+# leading output axis) before reducing what is left (see grad_weight_summed).
+SUMMED_BLOCKS = 8
+
+
+def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool = False) -> jax.Array:
+    """d(sum y*g)/dw: per tap, the products summed elementwise over blocks first, then one reduction.
+
+    The products slice_t(x) * g are cut into SUMMED_BLOCKS blocks along the batch (and, for small batches, the
+    leading output axis) and the blocks added elementwise: XLA:CPU fuses that into one loop like the forward's
+    tap sum, and only a block's worth of sums per tap is left to its (much slower) reductions. Unrolled over all
+    taps, or (loop=True) a loop over the leading kernel axes with the last axis's taps unrolled.
+    """
+    acc_dtype = accumulation_dtype(spec)
+    batch, rows = x.shape[0], spec.out_spatial[0]
+    # Batch blocks ran 1.2-3x faster than row blocks (MobileNet 3x3 s1/s2, ConvNeXt 7x7, 32x64x28x28 3x3), but a
+    # batch sharded over an Explicit mesh axis cannot be sliced: then the rows alone are cut.
+    batch_blocks = 1 if "batch" in spec.explicit_sharding else min(batch, SUMMED_BLOCKS)
+    row_blocks = min(rows, max(1, SUMMED_BLOCKS // batch_blocks))
+    batch_size, row_size = -(-batch // batch_blocks), -(-rows // row_blocks)
+    extra_batch, extra_rows = batch_blocks * batch_size - batch, row_blocks * row_size - rows
+
+    axes = spatial_axes(spec)
+    row_axis = axes[0]
+    if extra_batch:
+        x = jnp.pad(x, [(0, extra_batch)] + [(0, 0)] * (x.ndim - 1))
+    phases = _stride_phases(spec, x, extra_hi=(extra_rows * spec.stride[0],) + (0,) * (spec.ndim - 1))
+    g_pad = [(0, 0)] * g.ndim
+    g_pad[0], g_pad[row_axis] = (0, extra_batch), (0, extra_rows)
+    g = jnp.pad(g.astype(acc_dtype), g_pad)
+    windows = (row_blocks * row_size,) + spec.out_spatial[1:]  # per spatial axis, in phase coordinates
+
+    def summed_products(xs):
+        """sum over blocks of xs * g (xs: the input slice a tap meets, shaped like g)."""
+        xs = _expand_channels(spec, xs).astype(acc_dtype)
+        total = None
+        for b, r in itertools.product(range(batch_blocks), range(row_blocks)):
+            block = lambda a: lax.slice_in_dim(lax.slice_in_dim(a, b * batch_size, (b + 1) * batch_size, axis=0),
+                                               r * row_size, (r + 1) * row_size, axis=row_axis)
+            term = block(xs) * block(g)
+            total = term if total is None else total + term
+        return total
+
+    def reduce_taps(sums):
+        """The stacked per-tap sums (taps first) reduced to (out_channels, taps)."""
+        ca = channel_axis(spec) + 1
+        return jnp.sum(sums, axis=tuple(a for a in range(sums.ndim) if a not in (0, ca))).T
+
+    def phase_and_starts(tap):
+        phase, starts = 0, []
+        for t, d, s in zip(tap, spec.dilation, spec.stride):
+            phase, starts = phase * s + (t * d) % s, starts + [(t * d) // s]
+        return phase, starts
+
+    if not loop:
+        sums = []
+        for tap in _taps(spec):
+            phase, starts = phase_and_starts(tap)
+            xs = phases[phase]
+            for axis, start, window in zip(axes, starts, windows):
+                xs = lax.slice_in_dim(xs, start, start + window, axis=axis)
+            sums.append(summed_products(xs))
+        grads = reduce_taps(jnp.stack(sums))
+        return grads.reshape(spec.out_channels, 1, *spec.kernel_size)
+
+    # The loop form, at stride 1 (weight_grad_form takes it only there): over the leading kernel axes, with the
+    # last axis's taps unrolled. Rematerialized, so that transposing the loop re-slices the input per step
+    # instead of saving every tap's slice.
+    if max(spec.stride) != 1:
+        raise ValueError(f"grad_weight_summed: the loop form needs stride 1, got {spec.stride}")
+    xp = phases[0]
+    lead_kernel, kw, d_last = spec.kernel_size[:-1], spec.kernel_size[-1], spec.dilation[-1]
+
+    @jax.checkpoint
+    def row(index, acc):
+        begin, size = [0] * xp.ndim, list(xp.shape)
+        for axis, t, d, window in zip(axes[:-1], jnp.unravel_index(index, lead_kernel), spec.dilation, windows):
+            begin[axis], size[axis] = t * d, window
+        rows = lax.dynamic_slice(xp, begin, size)
+        sums = [summed_products(lax.slice_in_dim(rows, j * d_last, j * d_last + windows[-1], axis=axes[-1]))
+                for j in range(kw)]
+        return lax.dynamic_update_index_in_dim(acc, reduce_taps(jnp.stack(sums)), index, axis=1)
+
+    grads = lax.fori_loop(0, math.prod(lead_kernel), row,
+                          jnp.zeros((spec.out_channels, math.prod(lead_kernel), kw), acc_dtype))
+    return grads.reshape(spec.out_channels, 1, *spec.kernel_size)
+
+
 def grad_weight_banded(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
     """d(sum y*g)/dw for large kernels (_large_kernel_rows), as one batched matmul per leading tap.
 
@@ -291,14 +411,17 @@ def _depthwise_jvp(spec, primals, tangents):
         (t,) = jax.linear_transpose(lambda g: grad_input(spec, w, g).astype(x.dtype), g_example)(tx)
         parts.append(t)
     if not isinstance(tw, SymbolicZero):
-        if _banded_weight_grad(spec):
-            # The tangent map whose transpose is the banded weight gradient (see grad_weight_banded).
-            (t,) = jax.linear_transpose(lambda g: grad_weight_banded(spec, x, g).astype(w.dtype), g_example)(tw)
-            parts.append(t)
-        else:
+        form = weight_grad_form(spec)
+        if form == "per-tap loop":
             # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one
             # reduction per tap, one after another.
             parts.append(forward(spec, x, tw, loop=True))
+        else:
+            # The tangent map whose transpose is the weight gradient in its chosen form.
+            grad_weight = grad_weight_banded if form == "banded" else functools.partial(
+                grad_weight_summed, loop=form == "summed loop")
+            (t,) = jax.linear_transpose(lambda g: grad_weight(spec, x, g).astype(w.dtype), g_example)(tw)
+            parts.append(t)
     tangent = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
     return y, tangent.astype(y.dtype)
 
