@@ -146,9 +146,10 @@ def weight_grad_form(spec: ConvSpec) -> str:
     """How the weight gradient is computed: "summed" (unrolled), "summed loop", "banded" or "per-tap loop".
 
     Measured forward+backward (one process per shape, the forms side by side; benchmarks/results/cpu.md for the
-    benchmark rows): the summed form against the per-tap loop took 25 vs 40 ms on 8x128x56x56 3x3, 8-10 vs
-    14-25 at 5x5 stride 2 and 3x3x3, and at stride 1 in its loop form 50 vs 97-104 ms on 8x96x56x56 7x7 and
-    14 vs 25 on 8x240x28x28 5x5, unrolled 97 vs 107 on a 1-D k=31; 13x13 on 2x64x28x28 was even (14-17 ms).
+    benchmark rows): the summed form against the per-tap loop took 25 vs 40 ms on 8x128x56x56 3x3, 9.5 vs 14
+    on 8x96x56x56 5x5 stride 2, 6-7 vs 13 on 2x32x16x32x32 3x3x3, and at stride 1 in its loop form 50 vs
+    97-104 ms on 8x96x56x56 7x7 and 14 vs 25 on 8x240x28x28 5x5, unrolled 97 vs 107 on a 1-D k=31; 13x13 on
+    2x64x28x28 was even (14-17 ms).
     Strided kernels of more taps lost (8x96x56x56 7x7 stride 2: 32-34 vs 25 ms) and stay per-tap. Loop against
     unrolled: the loop won at stride 1 from 5x5 up (5x5: 14 vs 21-25 ms; 7x7: 50 vs 77-83), the unrolled form at
     3x3 (25 vs 31) and strided (5x5 stride 2: 9.5 vs 24); 2x32x16x32x32 3x3x3 at stride 1 (27 taps, so the loop)
@@ -271,7 +272,7 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
     """
     acc_dtype = accumulation_dtype(spec)
     batch, rows = x.shape[0], spec.out_spatial[0]
-    # Batch blocks ran 1.2-3x faster than row blocks (MobileNet 3x3 s1/s2, ConvNeXt 7x7, 32x64x28x28 3x3), but a
+    # Batch blocks ran 1.2-1.7x faster than row blocks (MobileNet 3x3 s1/s2, ConvNeXt 7x7, 32x64x28x28 3x3), but a
     # batch sharded over an Explicit mesh axis cannot be sliced: then the rows alone are cut.
     batch_blocks = 1 if "batch" in spec.explicit_sharding else min(batch, SUMMED_BLOCKS)
     row_blocks = min(rows, max(1, SUMMED_BLOCKS // batch_blocks))
