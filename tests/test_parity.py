@@ -49,7 +49,7 @@ def _grid():
             Case(**dict(conv, batch=1), in_channels=3, out_channels=4, kernel=k3, padding=1, unbatched=True),
             Case(**dict(conv, batch=1), in_channels=3, out_channels=4, kernel=k3, padding=1, unbatched=True,
                  channels_last=True, padding_mode="circular"),
-            # Groups too wide to merge into one dense conv (grouped.MERGE_MAX_IN_PER_GROUP), with a multiplier.
+            # Groups too wide to merge into one dense conv (9 input channels > grouped.MERGE_MAX_IN_PER_GROUP).
             Case(**conv, in_channels=18, out_channels=4, kernel=k3, groups=2, padding=1),
             # A batch that the weight gradient's summed form cuts into ragged blocks (9 into 8 blocks of 2).
             Case(**dict(conv, batch=9), in_channels=2, out_channels=4, kernel=k3, groups=2, padding=1,

@@ -3,8 +3,9 @@
 XLA:CPU runs feature_group_count convolutions, and above all their weight gradients (which JAX expresses with
 batch_group_count), through slow generic loops: a g=8 conv's forward+backward took 650 ms here, g=32 2.4 s. The
 same work as G dense convs of C_in/G -> C_out/G channels hits XLA's fast dense kernels forward and backward:
-7.3 ms and 17 ms (development probes; the benchmark run is benchmarks/results/cpu.md). An im2col + batched-matmul form measured 49 and 46 ms; vmapping a
-dense conv over groups is turned back into feature_group_count by JAX's batching rule (676 ms).
+7.3 ms and 17 ms (development probes; the benchmark run is benchmarks/results/cpu.md). An im2col +
+batched-matmul form measured 49 and 46 ms; vmapping a dense conv over groups is turned back into
+feature_group_count by JAX's batching rule (676 ms).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def accepts(spec: ConvSpec):
 # Groups of at most MERGE_MAX_IN_PER_GROUP input channels are merged, several per dense conv (a block-diagonal
 # kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per FLOP than the zeros added.
 # Measured forward+backward (a development probe, groups merged per conv side by side): 4x256x28x28 g=32
-# (8 channels per group): 1 group per conv 22-28 ms, 2: 18-20, 4: 13 (this rule), 8: 32-34; 8x128x28x28 g=8
+# (8 channels per group): 1 group per conv 22-29 ms, 2: 18-22, 4: 13-17 (this rule), 8: 32-34; 8x128x28x28 g=8
 # (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv.
 MERGE_MAX_IN_PER_GROUP = 8
 MERGED_IN_CHANNELS = 32
