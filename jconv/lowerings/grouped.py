@@ -49,7 +49,7 @@ def groups_per_conv(spec: ConvSpec) -> int:
     """How many groups one dense conv computes: the largest divisor of groups within the merge budget."""
     if spec.in_per_group > MERGE_MAX_IN_PER_GROUP:
         return 1
-    budget = max(1, MERGED_IN_CHANNELS // spec.in_per_group)
+    budget = MERGED_IN_CHANNELS // spec.in_per_group  # >= 4: in_per_group <= MERGE_MAX_IN_PER_GROUP
     return max(m for m in range(1, min(budget, spec.groups) + 1) if spec.groups % m == 0)
 
 

@@ -110,16 +110,22 @@ def _stride_phases(spec: ConvSpec, x: jax.Array, extra_hi=None) -> jax.Array:
     return xs.reshape(math.prod(spec.stride), *xs.shape[spec.ndim:])
 
 
+def _tap_phase_and_starts(spec: ConvSpec, tap):
+    """Where tap (a multi-index, static or traced) reads in _stride_phases: the phase, and per spatial axis the
+    start of its slice in phase coordinates."""
+    phase, starts = 0, []
+    for t, d, s in zip(tap, spec.dilation, spec.stride):
+        phase, starts = phase * s + (t * d) % s, starts + [(t * d) // s]
+    return phase, starts
+
+
 def _dynamic_tap_slice(spec: ConvSpec, phases: jax.Array, index) -> jax.Array:
     """The slice of _stride_phases that a traced tap index (row-major over the kernel) meets."""
-    starts = [0] * phases.ndim
+    phase, tap_starts = _tap_phase_and_starts(spec, jnp.unravel_index(index, spec.kernel_size))
+    starts = [phase] + [0] * (phases.ndim - 1)
     window = [1] + list(phases.shape[1:])
-    phase = 0
-    for axis, t, d, o, s in zip(spatial_axes(spec), jnp.unravel_index(index, spec.kernel_size), spec.dilation,
-                                spec.out_spatial, spec.stride):
-        phase = phase * s + (t * d) % s
-        starts[axis + 1], window[axis + 1] = (t * d) // s, o
-    starts[0] = phase
+    for axis, start, o in zip(spatial_axes(spec), tap_starts, spec.out_spatial):
+        starts[axis + 1], window[axis + 1] = start, o
     return lax.dynamic_slice(phases, starts, window)[0]
 
 
@@ -305,16 +311,10 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
         ca = channel_axis(spec) + 1
         return jnp.sum(sums, axis=tuple(a for a in range(sums.ndim) if a not in (0, ca))).T
 
-    def phase_and_starts(tap):
-        phase, starts = 0, []
-        for t, d, s in zip(tap, spec.dilation, spec.stride):
-            phase, starts = phase * s + (t * d) % s, starts + [(t * d) // s]
-        return phase, starts
-
     if not loop:
         sums = []
         for tap in _taps(spec):
-            phase, starts = phase_and_starts(tap)
+            phase, starts = _tap_phase_and_starts(spec, tap)
             xs = phases[phase]
             for axis, start, window in zip(axes, starts, windows):
                 xs = lax.slice_in_dim(xs, start, start + window, axis=axis)
