@@ -102,9 +102,17 @@ def torch_sync(out):
 def measure_ceilings(platform_name: str) -> dict:
     """Copy bandwidth (bytes read + written per second) and matmul rate on this device."""
     n = (256 if platform_name != "cpu" else 64) * 2**20 // 4
-    a = jnp.ones((n,), jnp.float32)
-    copy = jax.jit(lambda a: a * 1.0001).lower(a).compile()
-    t_copy, _ = median_time(lambda: copy(a), jax_sync)
+    # In place (the input buffer donated to the output): a fresh 64 MB output is above glibc's mmap threshold
+    # (32 MB at most), so on CPU every call would map new pages and fault them in, and this would time the
+    # page faults (4.6-4.9 GB/s on the 2-core CI machine, against ~47 in place).
+    copy = jax.jit(lambda a: a * 1.0001, donate_argnums=0).lower(jax.ShapeDtypeStruct((n,), jnp.float32)).compile()
+    buffer = [jnp.ones((n,), jnp.float32)]
+
+    def copy_in_place():
+        buffer[0] = copy(buffer[0])
+        return buffer[0]
+
+    t_copy, _ = median_time(copy_in_place, jax_sync)
     size, dtype = (8192, jnp.bfloat16) if platform_name != "cpu" else (2048, jnp.float32)
     m = jnp.ones((size, size), dtype)
     mm = jax.jit(lambda a, b: a @ b).lower(m, m).compile()
@@ -294,8 +302,18 @@ def run(cases, quick: bool, progress=True) -> dict:
         "device": getattr(device, "device_kind", str(device)), "host_cpus": os.cpu_count(),
         "machine": platform.platform(), "jax": jax.__version__, "torch": getattr(torch, "__version__", None),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "command": "python " + " ".join(sys.argv), "ceilings": ceilings, "rows": rows,
+        "command": command_line(), "ceilings": ceilings, "rows": rows,
     }
+
+
+# Process-wide settings that change what is measured: XLA's own flags, and glibc malloc's (which decide whether
+# XLA:CPU's large per-call buffers are page-faulted in on every call; README, "Speed on CPU").
+MEASUREMENT_ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def command_line() -> str:
+    settings = [f"{name}={os.environ[name]}" for name in MEASUREMENT_ENVIRONMENT if os.environ.get(name)]
+    return " ".join(settings + ["python"] + sys.argv)
 
 
 # --- reporting ----------------------------------------------------------------------------------------------

@@ -244,8 +244,11 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     """d(sum y*g)/dx: the output gradient, dilated by the stride, correlated with the flipped kernel."""
     axes = spatial_axes(spec)
     config = [(0, 0, 0)] * g.ndim
-    for axis, pads in zip(axes, input_grad_dilation(spec)):
-        config[axis] = pads
+    # input_grad_dilation's padding gives the gradient w.r.t. the padded input; trimmed here by the spec's own
+    # padding (negative pads crop) so that only the unpadded input's gradient is computed, and the padded
+    # gradient buffer is no larger than needed (its size counts: see the module docstring).
+    for axis, (lo, hi, interior), (pad_lo, pad_hi) in zip(axes, input_grad_dilation(spec), spec.lowering_padding):
+        config[axis] = (lo - pad_lo, hi - pad_hi, interior)
     g_dilated = lax.pad(g, jnp.zeros((), g.dtype), config)
     c = spec.out_channels
     flipped = dataclasses.replace(
@@ -257,10 +260,7 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     if multiplier > 1:
         ca = channel_axis(spec)
         gx = gx.reshape(*gx.shape[:ca], spec.in_channels, multiplier, *gx.shape[ca + 1:]).sum(axis=ca + 1)
-    crop = [slice(None)] * gx.ndim
-    for axis, i, (lo, _) in zip(axes, spec.lowering_in_spatial, spec.lowering_padding):
-        crop[axis] = slice(lo, lo + i)
-    return gx[tuple(crop)]
+    return gx
 
 
 # The weight gradient sums each tap's products elementwise over this many blocks (of the batch, then of the
