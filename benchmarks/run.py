@@ -224,8 +224,15 @@ def program_text(compiled) -> str:
         ("FileNames", "FunctionNames", "FileLocations", "StackFrames")) and not re.match(r"^\d+ [{\"]", line))
 
 
+def temp_megabytes(compiled):
+    """The per-call scratch buffer XLA allocates for a compiled program (None where the backend does not say)."""
+    analysis = compiled.memory_analysis()
+    return None if analysis is None else analysis.temp_size_in_bytes / 2**20
+
+
 def jax_pair(f, x, w):
-    """Compiled forward and forward+backward (output and gradients w.r.t. both arguments), and their programs."""
+    """Compiled forward and forward+backward (output and gradients w.r.t. both arguments), their programs, and
+    the forward+backward's scratch size in MB."""
     fwd = jax.jit(f).lower(x, w).compile()
     y = fwd(x, w)
     g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), y.dtype)
@@ -235,7 +242,8 @@ def jax_pair(f, x, w):
         return (out, *vjp(g))
 
     both = jax.jit(fb).lower(x, w, g).compile()
-    return (lambda: fwd(x, w)), (lambda: both(x, w, g)), program_text(fwd) + program_text(both)
+    return (lambda: fwd(x, w)), (lambda: both(x, w, g)), program_text(fwd) + program_text(both), \
+        temp_megabytes(both)
 
 
 # --- one run ------------------------------------------------------------------------------------------------
@@ -273,10 +281,11 @@ def run(cases, quick: bool, progress=True) -> dict:
         row = {"case": case.label(), "name": case.name, "fn": case.fn, "dtype": case.dtype,
                "channels_last": case.channels_last, "input": list(case.input_shape), "weight": list(case.weight_shape),
                "options": case.options, "auto": auto, "flops": spec_mod.flops(spec),
-               "bytes": (x.size + w.size + math.prod(spec.out_shape)) * x.dtype.itemsize, "times": {}}
+               "bytes": (x.size + w.size + math.prod(spec.out_shape)) * x.dtype.itemsize, "times": {},
+               "fwd_bwd_temp_MB": {}}
         calls, programs = {}, {}
         for name, (f, wv) in variants.items():
-            fwd, fb, programs[name] = jax_pair(f, x, wv)
+            fwd, fb, programs[name], row["fwd_bwd_temp_MB"][name] = jax_pair(f, x, wv)
             calls[(name, "fwd_ms")] = (fwd, jax_sync)
             calls[(name, "fwd_bwd_ms")] = (fb, jax_sync)
         pair = torch_variant(case, x, w) if torch is not None else None
@@ -319,6 +328,11 @@ def command_line() -> str:
 # --- reporting ----------------------------------------------------------------------------------------------
 
 
+def temp(row: dict, name: str) -> str:
+    megabytes = row.get("fwd_bwd_temp_MB", {}).get(name)
+    return "–" if megabytes is None else f"{megabytes:.0f}"
+
+
 def markdown(report: dict) -> str:
     c = report["ceilings"]
     lines = [
@@ -332,11 +346,15 @@ def markdown(report: dict) -> str:
         "Median ms; `auto` is the lowering jconv picks (named), timed in this run. Speed-ups are lax / auto. "
         "GB/s and TFLOP/s are auto's forward (useful bytes: input + weight + output; useful FLOPs). "
         "`(same HLO)`: auto compiled to exactly plain lax's programs (forward and forward+backward, compared "
-        "as text without source metadata), so that ratio is run-to-run noise, not a difference between them.",
+        "as text without source metadata), so that ratio is run-to-run noise, not a difference between them. "
+        "`temp MB`: the scratch buffer XLA allocates per forward+backward call (lax / auto); on Linux CPUs, one "
+        "over glibc's 32 MB mmap threshold is mapped and page-faulted in on every call (README, \"Speed on CPU: "
+        "the allocator\").",
         "",
         "| layer | auto picks | lax fwd | auto fwd | fwd speed-up | lax fwd+bwd | auto fwd+bwd | fwd+bwd speed-up "
-        "| torch fwd | torch fwd+bwd | auto / torch (fwd+bwd) | flax fwd+bwd | GB/s (% copy) | TFLOP/s (% matmul) |",
-        "|" + "---|" * 14,
+        "| torch fwd | torch fwd+bwd | auto / torch (fwd+bwd) | flax fwd+bwd | GB/s (% copy) | TFLOP/s (% matmul) "
+        "| temp MB |",
+        "|" + "---|" * 15,
     ]
     for row in report["rows"]:
         t = row["times"]
@@ -353,7 +371,8 @@ def markdown(report: dict) -> str:
             f"{(auto_t['fwd_bwd_ms'] / torch_t['fwd_bwd_ms']) if torch_t else float('nan'):.2f} | "
             f"{fmt(flax_t['fwd_bwd_ms'] if flax_t else None)} | "
             f"{gbs:.1f} ({100 * gbs / report['ceilings']['copy_GBps']:.0f}%) | "
-            f"{tfs:.3f} ({100 * tfs / report['ceilings']['matmul_TFLOPs']:.0f}%) |")
+            f"{tfs:.3f} ({100 * tfs / report['ceilings']['matmul_TFLOPs']:.0f}%) | {temp(row, 'lax')} / "
+            f"{temp(row, row['auto'])} |")
     columns = ["lax", *dispatch.LOWERING_NAMES, "vjp", "flax", "torch"]
     lines += ["", "Every lowering (fwd / fwd+bwd ms). `vjp`: a transposed conv computed as the input gradient of "
               "jconv's forward conv (the alternative to `phase` compared for issue #8).", "",
