@@ -160,6 +160,9 @@ def weight_grad_form(spec: ConvSpec) -> str:
     unrolled: the loop won at stride 1 from 5x5 up (5x5: 14 vs 21-25 ms; 7x7: 50 vs 77-83), the unrolled form at
     3x3 (25 vs 31) and strided (5x5 stride 2: 9.5 vs 24); 2x32x16x32x32 3x3x3 at stride 1 (27 taps, so the loop)
     measured 7.4 looped, 6.3 unrolled, 13 per tap.
+    These probes ran with glibc's default malloc, so a form whose forward+backward needs over 32 MB of scratch
+    also paid page faults on every call (README, "Speed on CPU: the allocator"); that is part of what users
+    see, but it means the ranking could differ where that cost is absent (huge pages, a smaller batch).
     """
     if (_large_kernel_rows(spec) and spec.kernel_size[-1] >= BANDED_MIN_ROW
             and "batch" not in spec.explicit_sharding):  # banded moves the batch into a matmul's contraction
