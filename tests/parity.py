@@ -51,9 +51,12 @@ def _jconv_call(case: Case, lowering: str):
     return f
 
 
+def _as_jax(dtype, *arrays):
+    return tuple(None if a is None else jnp.asarray(a, dtype) for a in arrays)
+
+
 def jconv_forward(case: Case, lowering: str, x, w, b, dtype=jnp.float64):
-    args = tuple(None if a is None else jnp.asarray(a, dtype) for a in (x, w, b))
-    return np.asarray(_jconv_call(case, lowering)(*args), np.float64)
+    return np.asarray(_jconv_call(case, lowering)(*_as_jax(dtype, x, w, b)), np.float64)
 
 
 def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype=jnp.float64, jit=True):
@@ -63,7 +66,6 @@ def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype
     jax.vjp eagerly, so that the eager path's gradients are checked too (the grid does that for auto).
     """
     f = _jconv_call(case, lowering)
-    args = tuple(None if a is None else jnp.asarray(a, dtype) for a in (x, w, b))
 
     def forward_and_grads(x, w, b, cotangent):
         if b is None:
@@ -72,7 +74,7 @@ def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype
         y, vjp = jax.vjp(f, x, w, b)
         return (y, *vjp(cotangent.astype(y.dtype)))
 
-    y, gx, gw, gb = (jax.jit(forward_and_grads) if jit else forward_and_grads)(*args, jnp.asarray(cotangent, dtype))
+    y, gx, gw, gb = (jax.jit(forward_and_grads) if jit else forward_and_grads)(*_as_jax(dtype, x, w, b, cotangent))
     return tuple(None if a is None else np.asarray(a, np.float64) for a in (y, gx, gw, gb))
 
 

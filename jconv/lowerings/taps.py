@@ -249,7 +249,7 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     config = [(0, 0, 0)] * g.ndim
     # input_grad_dilation's padding gives the gradient w.r.t. the padded input; trimmed here by the spec's own
     # padding (negative pads crop) so that only the unpadded input's gradient is computed, and the padded
-    # gradient buffer is no larger than needed (its size counts: see the module docstring).
+    # gradient buffer is no larger than needed (its size counts on CPU: README, "Speed on CPU: the allocator").
     for axis, (lo, hi, interior), (pad_lo, pad_hi) in zip(axes, input_grad_dilation(spec), spec.lowering_padding):
         config[axis] = (lo - pad_lo, hi - pad_hi, interior)
     g_dilated = lax.pad(g, jnp.zeros((), g.dtype), config)
