@@ -40,7 +40,9 @@ def accepts(spec: ConvSpec):
 # kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per FLOP than the zeros added.
 # Measured forward+backward (a development probe, groups merged per conv side by side): 4x256x28x28 g=32
 # (8 channels per group): 1 group per conv 22-29 ms, 2: 18-22, 4: 13-17 (this rule), 8: 32-34; 8x128x28x28 g=8
-# (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv.
+# (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv. The forward alone loses (g=32: 6.0-6.8 ms
+# merged vs 4.1-5.2), but a custom_jvp computing the output unmerged and the tangents merged took 18-19 ms
+# forward+backward against 11-13 merged throughout, so the merged form serves both.
 MERGE_MAX_IN_PER_GROUP = 8
 MERGED_IN_CHANNELS = 32
 
