@@ -14,7 +14,8 @@ def test_benchmark_command_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--only",
                            "resnet50_1x1,dw_up", "--quick", "--out", str(out)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env={**os.environ, "XLA_FLAGS": "--xla_cpu_enable_fast_math=false",
+                                            "GLIBC_TUNABLES": ""})  # the report names the settings that are set
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {row["name"]: row for row in report["rows"]}
@@ -23,8 +24,12 @@ def test_benchmark_command_writes_json_markdown_and_plot(tmp_path):
     for row in rows.values():
         assert {"lax", "auto", "xla"} <= set(row["times"]), row["times"].keys()
         assert all(t["fwd_ms"] > 0 and t["fwd_bwd_ms"] > 0 for k, t in row["times"].items()), row["times"]
+        # XLA:CPU reports each program's scratch; its size decides the page faults the README describes.
+        assert set(row["fwd_bwd_temp_MB"]) == set(row["times"]) - {"auto", "torch"}, row["fwd_bwd_temp_MB"]
+        assert all(mb >= 0 for mb in row["fwd_bwd_temp_MB"].values()), row["fwd_bwd_temp_MB"]
     assert "vjp" in rows["dw_up_k4s2"]["times"]  # the transposed-conv alternative is timed beside phase
     assert report["ceilings"]["copy_GBps"] > 0 and report["ceilings"]["matmul_TFLOPs"] > 0
+    assert report["command"].split(" python ")[0] == "XLA_FLAGS=--xla_cpu_enable_fast_math=false", report["command"]
     markdown = (tmp_path / "bench.md").read_text()
     assert "| resnet50_1x1 float32 NCHW | matmul |" in markdown
     assert (tmp_path / "bench.png").stat().st_size > 1000
