@@ -109,7 +109,10 @@ def _case_id(c: Case) -> str:
 def test_grid_parity_float64(case, lowering):
     if not accepted(case, lowering):
         pytest.skip(f"{lowering} does not accept this case")
-    assert_parity(case, lowering, jit=lowering != "auto")  # auto: eagerly, the way a user's first call runs
+    # auto runs eagerly, the way a user's first call runs (jconv's jitted core forward, then its backward
+    # compiled separately), except on 3-D cases: eagerly those took 115 s against 28 s as one program, and
+    # eager calls differ from jitted ones only in how the programs are split, which 1-D and 2-D cases check.
+    assert_parity(case, lowering, jit=lowering != "auto" or case.n == 3)
 
 
 def test_grid_covers_every_form_of_the_taps_lowering():

@@ -13,14 +13,16 @@ import pytest
 
 import jconv
 
-# One worker runs this whole module under pytest-xdist, so the sharded script below runs once.
+# One worker runs this whole module under pytest-xdist, and the fixture below is session-scoped, so the sharded
+# script runs once: a module-scoped one was torn down and run again (46 s each time) whenever the worker ran
+# another module's tests between this module's.
 pytestmark = pytest.mark.xdist_group("sharding")
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "sharded_check.py")
 UPSTREAM_REPRO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "gspmd_strided_conv_grad.py")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def results():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JCONV_DETERMINISTIC")}
     proc = subprocess.run([sys.executable, SCRIPT, *jconv.LOWERING_NAMES], capture_output=True, text=True,
