@@ -58,6 +58,7 @@ CPU = [
     case("unet3d_up_k3s2", "conv_transpose3d", (2, 32, 16, 16, 16), (32, 16, 3, 3, 3), stride=2, padding=1,
          output_padding=1),
     case("dw_up_k4s2", "conv_transpose2d", (8, 64, 28, 28), (64, 1, 4, 4), stride=2, padding=1, groups=64),
+    case("unet_up_k2s2", "conv_transpose2d", (8, 128, 28, 28), (128, 64, 2, 2), stride=2),  # U-Net's up-conv
 ]
 
 GPU = []

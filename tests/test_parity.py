@@ -88,7 +88,13 @@ def _grid():
                  output_padding=(2,) * n),  # output_padding < dilation with stride 1
             Case(**tr, in_channels=2, out_channels=3, kernel=k3, stride=(2,) * n, channels_last=True, bias=False),
             Case(**dict(tr, batch=1), in_channels=2, out_channels=3, kernel=k3, stride=(2,) * n, unbatched=True),
+            # k = s: one tap per phase (grouped and channels-last; depthwise with a channel multiplier of 2).
+            Case(**tr, in_channels=4, out_channels=6, kernel=(2,) * n, groups=2, stride=(2,) * n,
+                 channels_last=True),
+            Case(**tr, in_channels=3, out_channels=6, kernel=(3,) * n, groups=3, stride=(3,) * n),
         ]
+        if n == 1:  # HiFi-GAN's upsampler: k = 2s, p = s/2
+            cases += [Case(**tr, in_channels=4, out_channels=6, kernel=(8,), groups=2, stride=(4,), padding=2)]
     return cases
 
 
