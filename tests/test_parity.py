@@ -140,6 +140,16 @@ def test_grid_covers_every_form_of_the_taps_lowering():
     assert ("summed", True, True) in weight_forms, weight_forms  # strided, batch cut into ragged blocks
 
 
+def test_grid_covers_both_backward_forms_of_the_phase_lowering():
+    """The grid reaches phase's matmul gradients (both layouts) and its autodiff gradients."""
+    from jconv.lowerings import phase
+
+    forms = {(phase.gemm_grads(spec), spec.channels_last)
+             for case in GRID if accepted(case, "phase")
+             for spec in [build_spec(case, "phase", *map(jnp.asarray, case.arrays()[:2]), None)]}
+    assert {(True, False), (True, True), (False, False)} <= forms, forms
+
+
 def test_grid_covers_merged_and_single_group_convs():
     """The grid reaches the grouped lowering's merged (block-diagonal) convs and its one-group-per-conv form."""
     from jconv.lowerings import grouped
