@@ -61,23 +61,23 @@ def _transposed(spec: ConvSpec) -> bool:
 # convolution until benchmarks/run.py has been run there.
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
-         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 95 / 220, "
-         "taps 2.3 / 24; ConvNeXt 7x7 8x96x56x56: lax 166 / 376, taps 4.5 / 26; Mamba conv1d k4: "
-         "lax 113 / 26476, taps 2.3 / 28; RepLKNet 31x31 2x64x28x28: lax 293 / 783, taps 5.5 / 17"),
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 116 / 228, "
+         "taps 2.7 / 25; ConvNeXt 7x7 8x96x56x56: lax 222 / 559, taps 5.2 / 34; Mamba conv1d k4: "
+         "lax 154 / 25993, taps 2.4 / 30; RepLKNet 31x31 2x64x28x28: lax 279 / 840, taps 5.3 / 18"),
     Rule("planes", ("cpu",), _dense_3d,
-         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 55 / 230, "
-         "planes 25 / 89 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
+         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 53 / 197, "
+         "planes 25 / 84 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
     Rule("grouped", ("cpu",), _grouped,
-         "grouped on CPU: dense convs over one or a few merged groups; g=8 8x128x28x28 3x3: lax 13 / 582, "
-         "grouped 3.1 / 9.0; g=32 4x256x28x28: lax 13 / 2011, grouped 6.0 / 11.3"),
+         "grouped on CPU: dense convs over one or a few merged groups; g=8 8x128x28x28 3x3: lax 15 / 598, "
+         "grouped 3.9 / 10.7; g=32 4x256x28x28: lax 14 / 2133, grouped 5.7 / 11.2"),
     Rule("matmul", ("cpu",), _pointwise,
-         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 5.1 / 12.9, matmul 2.6 / 7.0"),
+         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 5.3 / 14.6, matmul 2.9 / 8.4"),
     Rule("phase", ("cpu",), _transposed,
-         "transposed on CPU: phase decomposition, no zeros; 8x64->32 28x28 k4 s2: lax 7.6 / 123, phase 5.9 / 19 "
-         "(the VJP of the forward conv: 6.6 / 125)"),
+         "transposed on CPU: phase decomposition, no zeros, gradients as matmuls; 8x64->32 28x28 k4 s2: "
+         "lax 6.1 / 122, phase 6.2 / 13.6 (the VJP of the forward conv: 121 forward+backward)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
-         "space-to-batch measured 56 / 115 against lax's 23 / 65 for 8x64x56x56 d4), and the only one measured "
+         "space-to-batch measured 33 / 128 against lax's 24 / 61 for 8x64x56x56 d4), and the only one measured "
          "on GPU/TPU so far"),
 )
 
