@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from jconv.spec import ConvSpec
 
@@ -94,3 +97,20 @@ def input_grad_dilation(spec: ConvSpec) -> list:
         reach = d * (k - 1)
         config.append((reach, reach + p - ((o - 1) * s + 1 + reach), s - 1))
     return config
+
+
+def tangent_from_gradients(y: jax.Array, parts, direct=()) -> jax.Array:
+    """The tangent of a conv output y, each argument's part the linear transpose of that argument's gradient.
+
+    `parts` holds (tangent, gradient) pairs, gradient mapping an output cotangent g to that argument's gradient;
+    symbolic-zero tangents are skipped. `direct` holds tangent parts already computed. Written so, reverse mode
+    transposes each tangent map back into its gradient function, and forward mode (jvp, jacfwd, hessian) still
+    works.
+    """
+    # The example carries y's full type, including a sharding in explicit-sharding meshes, so that the
+    # transposed function's cotangent type matches the tangent's.
+    g_example = jax.ShapeDtypeStruct(y.shape, y.dtype, sharding=getattr(jax.typeof(y), "sharding", None))
+    terms = [jax.linear_transpose(gradient, g_example)(t)[0] for t, gradient in parts
+             if not isinstance(t, SymbolicZero)] + list(direct)
+    total = functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+    return total.astype(y.dtype)

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
-from jconv.lowerings.common import accumulation_dtype, output_dtype, spatial_axes
+from jconv.lowerings.common import accumulation_dtype, output_dtype, spatial_axes, tangent_from_gradients
 from jconv.spec import ConvSpec
 
 NAME = "phase"
@@ -205,19 +204,12 @@ def _with_gemm_grads(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _with_gemm_grads_jvp(spec, primals, tangents):
-    # As in the taps lowering: each tangent map is the linear transpose of a gradient function, so reverse mode
-    # transposes it back into that function, and forward mode (jvp, jacfwd, hessian) still works.
     x, w = primals
     tx, tw = tangents
     y = forward(spec, x, w)
-    g_example = jax.ShapeDtypeStruct(y.shape, y.dtype, sharding=getattr(jax.typeof(y), "sharding", None))
-    parts = []
-    if not isinstance(tx, SymbolicZero):
-        parts.append(jax.linear_transpose(lambda g: grad_input(spec, w, g), g_example)(tx)[0])
-    if not isinstance(tw, SymbolicZero):
-        parts.append(jax.linear_transpose(lambda g: grad_weight(spec, x, g), g_example)(tw)[0])
-    tangent = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
-    return y, tangent.astype(y.dtype)
+    # As in the taps lowering: reverse mode transposes these tangent maps back into the two matmuls.
+    return y, tangent_from_gradients(y, [(tx, lambda g: grad_input(spec, w, g)),
+                                         (tw, lambda g: grad_weight(spec, x, g))])
 
 
 _with_gemm_grads.defjvp(_with_gemm_grads_jvp, symbolic_zeros=True)

@@ -46,7 +46,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings.common import (
     accumulation_dtype, channel_axis, input_grad_dilation, output_dtype, padded_spatial, spatial_axes, tap_slice,
-    zero_pad)
+    tangent_from_gradients, zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "taps"
@@ -406,28 +406,20 @@ def _depthwise_jvp(spec, primals, tangents):
     x, w = primals
     tx, tw = tangents
     y = forward(spec, x, w)
-    # The example carries y's full type, including a sharding in explicit-sharding meshes, so that the
-    # transposed function's cotangent type matches the tangent's.
-    g_example = jax.ShapeDtypeStruct(y.shape, y.dtype, sharding=getattr(jax.typeof(y), "sharding", None))
     # The x-tangent map is the transpose of grad_input, so reverse mode transposes it back into grad_input.
-    parts = []
-    if not isinstance(tx, SymbolicZero):
-        (t,) = jax.linear_transpose(lambda g: grad_input(spec, w, g).astype(x.dtype), g_example)(tx)
-        parts.append(t)
-    if not isinstance(tw, SymbolicZero):
-        form = weight_grad_form(spec)
-        if form == "per-tap loop":
-            # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one
-            # reduction per tap, one after another.
-            parts.append(forward(spec, x, tw, loop=True))
-        else:
-            # The tangent map whose transpose is the weight gradient in its chosen form.
-            grad_weight = grad_weight_banded if form == "banded" else functools.partial(
-                grad_weight_summed, loop=form == "summed loop")
-            (t,) = jax.linear_transpose(lambda g: grad_weight(spec, x, g).astype(w.dtype), g_example)(tw)
-            parts.append(t)
-    tangent = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
-    return y, tangent.astype(y.dtype)
+    parts, direct = [(tx, lambda g: grad_input(spec, w, g).astype(x.dtype))], []
+    form = weight_grad_form(spec)
+    if form == "per-tap loop":
+        # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one
+        # reduction per tap, one after another.
+        if not isinstance(tw, SymbolicZero):
+            direct.append(forward(spec, x, tw, loop=True))
+    else:
+        # The tangent map whose transpose is the weight gradient in its chosen form.
+        grad_weight = grad_weight_banded if form == "banded" else functools.partial(
+            grad_weight_summed, loop=form == "summed loop")
+        parts.append((tw, lambda g: grad_weight(spec, x, g).astype(w.dtype)))
+    return y, tangent_from_gradients(y, parts, direct)
 
 
 _depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
