@@ -50,6 +50,8 @@ CPU = [
     case("replknet_dw31", "conv2d", (2, 64, 28, 28), (64, 1, 31, 31), padding=15, groups=64),
     case("dilated_d4", "conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=4, dilation=4),
     case("wavenet_d16", "conv1d", (4, 64, 8192), (64, 64, 3), padding=16, dilation=16),
+    # TCN's causal conv (Bai et al. 2018): padding (k-1)*d on both sides, the extra outputs cropped afterwards
+    case("tcn_causal_d4", "conv1d", (4, 64, 8192), (64, 64, 3), padding=8, dilation=4),
     case("mamba_dw_k4", "conv1d", (4, 512, 2048), (512, 1, 4), padding=3, groups=512),
     case("unet3d_3x3x3", "conv3d", (1, 32, 32, 32, 32), (32, 32, 3, 3, 3), padding=1),
     # transposed convolutions: decoders, GAN generators, vocoders (../shared/BASELINES.md)
@@ -74,6 +76,7 @@ for dtype in ("bfloat16", "float32"):
         case("dw31_replk", "conv2d", (32, 128, 56, 56), (128, 1, 31, 31), dtype, True, padding=15, groups=128),
         case("dil3x3_d4", "conv2d", (32, 256, 56, 56), (256, 256, 3, 3), dtype, True, padding=4, dilation=4),
         case("c1d_wavenet", "conv1d", (16, 128, 16384), (256, 128, 3), dtype, True, padding=64, dilation=64),
+        case("c1d_tcn_causal", "conv1d", (16, 128, 16384), (128, 128, 3), dtype, True, padding=16, dilation=8),
         case("c1d_dw_k4", "conv1d", (16, 2048, 4096), (2048, 1, 4), dtype, True, padding=3, groups=2048),
         case("unet3d_3x3x3", "conv3d", (2, 64, 64, 64, 64), (64, 64, 3, 3, 3), dtype, True, padding=1),
         case("dcgan_up_k4s2", "conv_transpose2d", (64, 256, 32, 32), (256, 128, 4, 4), dtype, True, stride=2,

@@ -54,6 +54,11 @@ def _grid():
             # A batch that the weight gradient's summed form cuts into ragged blocks (9 into 8 blocks of 2).
             Case(**dict(conv, batch=9), in_channels=2, out_channels=4, kernel=k3, groups=2, padding=1,
                  stride=(2,) + (1,) * (n - 1)),
+            # Padding beyond the kernel's reach on the first axis only (its output is longer than its input): on
+            # CPU the xla lowering pads that axis beforehand and folds the others' padding into the conv.
+            Case(**conv, in_channels=3, out_channels=4, kernel=k3, padding=(3,) + (1,) * (n - 1)),
+            Case(**conv, in_channels=4, out_channels=6, kernel=(2,) * n, groups=2, padding=(1,) + (0,) * (n - 1),
+                 stride=(1,) * (n - 1) + (2,)),
         ]
         if n <= 2:  # more than 64 taps: the looped tap sum
             big = (9, 9) if n == 2 else (70,)
