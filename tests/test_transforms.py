@@ -168,22 +168,30 @@ def test_zero_padding_folds_into_the_hlo_convolution(channels_last, groups, lowe
     assert " pad(" not in ours
 
 
-def test_padding_that_lengthens_the_output_is_applied_beforehand_on_cpu():
+def test_padding_that_lengthens_the_output_is_applied_beforehand_for_the_weight_gradient_on_cpu():
     """XLA:CPU's weight gradient is 10-30x slower when zero padding that makes the output longer than the input is
-    folded into the conv (jconv/lowerings/xla.py): on CPU that axis is padded first, the other stays folded."""
+    folded into the conv (jconv/lowerings/xla.py): on CPU the weight gradient pads that axis first (the other
+    stays folded), while the forward remains lax's own conv. Values, gradients and jvp equal lax's."""
     x, w = rand(2, 3, 9, 8), rand(4, 3, 3, 3, seed=1)
     f = lambda x, w: jconv.conv2d(x, w, padding=(3, 1), lowering="xla")  # H: 9 -> 13; W: 8 -> 8
-    jaxpr = str(jax.make_jaxpr(f)(x, w))
+    ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((3, 3), (1, 1)))
+    forward = str(jax.make_jaxpr(f)(x, w))
+    assert "pad[" not in forward and "padding=((3, 3), (1, 1))" in forward, forward
+    weight_grad = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(f(x, w))))(w))
     if jax.default_backend() == "cpu":
-        assert "pad[" in jaxpr and "padding=((0, 0), (1, 1))" in jaxpr, jaxpr
+        assert "pad[" in weight_grad and "padding=((0, 0), (1, 1))" in weight_grad, weight_grad
     else:
-        assert "pad[" not in jaxpr and "padding=((3, 3), (1, 1))" in jaxpr, jaxpr
-    y, grads = jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
-    ref = lambda x, w: jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (1, 1), ((3, 3), (1, 1)))))
-    y_ref, grads_ref = jax.value_and_grad(ref, argnums=(0, 1))(x, w)
+        assert "pad[" not in weight_grad, weight_grad
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+    y, grads = jax.value_and_grad(loss(f), argnums=(0, 1))(x, w)
+    y_ref, grads_ref = jax.value_and_grad(loss(ref), argnums=(0, 1))(x, w)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12)
     for g, g_ref in zip(grads, grads_ref):
         np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+    tangents = (rand(*x.shape, seed=2), rand(*w.shape, seed=3))
+    for t in (tangents, (jnp.zeros_like(x), tangents[1]), (tangents[0], jnp.zeros_like(w))):
+        np.testing.assert_allclose(jax.jvp(f, (x, w), t)[1], jax.jvp(ref, (x, w), t)[1], rtol=1e-12, atol=1e-12)
+    check_grads(f, (x, w), order=2, modes=("fwd", "rev"))
 
 
 def test_non_zero_padding_modes_use_no_gather():
