@@ -170,8 +170,8 @@ def test_zero_padding_folds_into_the_hlo_convolution(channels_last, groups, lowe
 
 def test_padding_that_lengthens_the_output_is_applied_beforehand_for_the_weight_gradient_on_cpu():
     """XLA:CPU's weight gradient is 10-30x slower when zero padding that makes the output longer than the input is
-    folded into the conv (jconv/lowerings/xla.py): on CPU the weight gradient pads that axis first (the other
-    stays folded), while the forward remains lax's own conv. Values, gradients and jvp equal lax's."""
+    folded into the conv (jconv/lowerings/xla.py): on CPU the weight gradient pads that axis's excess first (the
+    other axis stays folded), while the forward remains lax's own conv. Values, gradients and jvp equal lax's."""
     x, w = rand(2, 3, 9, 8), rand(4, 3, 3, 3, seed=1)
     f = lambda x, w: jconv.conv2d(x, w, padding=(3, 1), lowering="xla")  # H: 9 -> 13; W: 8 -> 8
     ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((3, 3), (1, 1)))
@@ -179,7 +179,9 @@ def test_padding_that_lengthens_the_output_is_applied_beforehand_for_the_weight_
     assert "pad[" not in forward and "padding=((3, 3), (1, 1))" in forward, forward
     weight_grad = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(f(x, w))))(w))
     if jax.default_backend() == "cpu":
-        assert "pad[" in weight_grad and "padding=((0, 0), (1, 1))" in weight_grad, weight_grad
+        # The excess (13 - 9 = 4 rows) is padded first, evenly; the 'same'-sized rest stays folded.
+        assert "padding_config=((0, 0, 0), (0, 0, 0), (2, 2, 0), (0, 0, 0))" in weight_grad, weight_grad
+        assert "padding=((1, 1), (1, 1))" in weight_grad, weight_grad
     else:
         assert "pad[" not in weight_grad, weight_grad
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))

@@ -5,12 +5,16 @@ regrouped kernel), which is correct everywhere but slow where XLA convolves the 
 
 One CPU exception to folding zero padding into the convolution: along axes where the padding makes the output
 longer than the input (a 'full' or causal conv padded by more than the kernel's reach), XLA:CPU computes the
-weight gradient 10-30x slower with the padding folded in than with the same zeros padded beforehand (development
-probe, 2 cores, gradient w.r.t. the weight alone: 8x32x14x14 -> 64 3x3 padding 2: 16 vs 1.1 ms; 4x64x1024 -> 64
-k3 padding (2, 1): 29 vs 1.0; k2 padding 1: 14 vs 1.1; stride 2 padding 40 on 64 samples: 7.5 vs 1.2). Only the
-weight gradient takes the padded input: a custom_jvp whose weight tangent is the conv of the padded input, so the
-forward and the input gradient stay lax's own (the benchmark measured the forward with the pad 0.78-0.87x of
-lax's), reverse mode transposes that tangent into the fast weight gradient, and forward mode still works.
+weight gradient 10-30x slower with the padding folded in (development probes, 2 cores, gradient w.r.t. the weight
+alone: 8x64x56x56 -> 64 3x3 padding 2: 530 ms folded, 64 with all of it padded beforehand, 23 with only the
+excess padded beforehand; 8x128x28x28 3x3 padding 2: 577 / 20 / 14; 4x64x8192 k3 d4 padding 8: 225 / 10 / 12;
+stride 2 padding 40 on 64 samples: 7.4 / 1.0 / 1.0). So the weight gradient pads the excess (out - in zeros per
+such axis, split to leave the folded remainder balanced) beforehand and folds the rest, which measured best or
+equal; padding everything beforehand is slower where folding was fast (8x64x56x56 3x3 padding 1: 22 folded, 55
+beforehand). Only the weight gradient does this: a custom_jvp whose weight tangent is the conv of the pre-padded
+input, so the forward and the input gradient stay lax's own (the forward with the pad measured 0.78-0.87x of
+lax's in the benchmark), reverse mode transposes that tangent into the fast weight gradient, and forward mode
+still works.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ def accepts(spec: ConvSpec):
 
 
 def padded_beforehand(spec: ConvSpec) -> tuple:
-    """Per spatial axis, whether the weight gradient pads the input before the conv instead of folding it in."""
+    """Per spatial axis, the (lo, hi) zeros the weight gradient pads before the conv: the excess of the output's
+    length over the input's, taken from both sides so that the padding left folded in is as even as possible."""
+    none = ((0, 0),) * spec.ndim
     if spec.transposed or "spatial" in spec.explicit_sharding or jax.default_backend() != "cpu":
-        return (False,) * spec.ndim
-    return tuple(o > i and lo + hi > 0 for o, i, (lo, hi) in zip(
-        spec.out_spatial, spec.lowering_in_spatial, spec.lowering_padding))
+        return none
+    pads = []
+    for o, i, (lo, hi) in zip(spec.out_spatial, spec.lowering_in_spatial, spec.lowering_padding):
+        excess = max(0, o - i)  # <= lo + hi: without padding the output is never longer than the input
+        pre_lo = min(max((lo - hi + excess + 1) // 2, excess - hi, 0), lo, excess)
+        pads.append((pre_lo, excess - pre_lo))
+    return tuple(pads)
 
 
 def _conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Array:
@@ -52,10 +62,10 @@ def _conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Ar
         strides, padding, lhs_dilation = spec.stride, spec.lowering_padding, None
     if beforehand is not None:
         config = [(0, 0, 0)] * x.ndim
-        for axis, pad, b in zip(spatial_axes(spec), padding, beforehand):
-            config[axis] = (*pad, 0) if b else (0, 0, 0)
+        for axis, pre in zip(spatial_axes(spec), beforehand):
+            config[axis] = (*pre, 0)
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
-        padding = tuple((0, 0) if b else pad for pad, b in zip(padding, beforehand))
+        padding = tuple((lo - a, hi - b) for (lo, hi), (a, b) in zip(padding, beforehand))
     return lax.conv_general_dilated(
         x, w,
         window_strides=strides,
@@ -88,6 +98,6 @@ _with_padded_weight_gradient.defjvp(_with_padded_weight_gradient_jvp, symbolic_z
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    if any(padded_beforehand(spec)):
+    if any(pre != (0, 0) for pre in padded_beforehand(spec)):
         return _with_padded_weight_gradient(spec, x, w)
     return _conv(spec, x, w)
