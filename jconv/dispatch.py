@@ -61,24 +61,24 @@ def _transposed(spec: ConvSpec) -> bool:
 # convolution until benchmarks/run.py has been run there.
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
-         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 97 / 222, "
-         "taps 2.5 / 28; ConvNeXt 7x7 8x96x56x56: lax 163 / 462, taps 5.0 / 35; Mamba conv1d k4: "
-         "lax 115 / 26386, taps 2.4 / 28; RepLKNet 31x31 2x64x28x28: lax 282 / 871, taps 9.3 / 25"),
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 150 / 319, "
+         "taps 5.9 / 29; ConvNeXt 7x7 8x96x56x56: lax 234 / 707, taps 7.5 / 39; Mamba conv1d k4: "
+         "lax 160 / 25757, taps 2.7 / 29; RepLKNet 31x31 2x64x28x28: lax 410 / 1113, taps 6.6 / 24"),
     Rule("planes", ("cpu",), _dense_3d,
-         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 58 / 202, "
-         "planes 25 / 90 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
+         "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 64 / 261, "
+         "planes 26 / 87 (a development probe, g=4 2x64x16^3: lax 33 / 222, planes 9.3 / 28)"),
     Rule("grouped", ("cpu",), _grouped,
-         "grouped on CPU: dense convs over one or a few merged groups; g=8 8x128x28x28 3x3: lax 13 / 577, "
-         "grouped 3.0 / 9.0; g=32 4x256x28x28: lax 14 / 2118, grouped 5.9 / 11.4"),
+         "grouped on CPU: dense convs over one or a few merged groups; g=8 8x128x28x28 3x3: lax 15 / 710, "
+         "grouped 4.0 / 11.4; g=32 4x256x28x28: lax 29 / 2455, grouped 7.0 / 12.5"),
     Rule("matmul", ("cpu",), _pointwise,
-         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 5.5 / 16.0, matmul 2.1 / 8.7"),
+         "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 6.0 / 17.0, matmul 2.5 / 9.3"),
     Rule("phase", ("cpu",), _transposed,
          "transposed on CPU: phase decomposition, no zeros, gradients as matmuls; 8x64->32 28x28 k4 s2: "
-         "lax 7.5 / 122, phase 6.7 / 16.2 (the VJP of the forward conv: 122 forward+backward)"),
+         "lax 6.9 / 122, phase 6.3 / 14.6 (the VJP of the forward conv: 123 forward+backward)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
-         "space-to-batch measured 58 / 160 against lax's 24 / 53 for 8x64x56x56 d4; padding that lengthens the "
-         "output is applied beforehand for the weight gradient: TCN causal conv1d lax 10.0 / 250, xla 9.9 / 35), "
+         "space-to-batch measured 33 / 168 against lax's 25 / 66 for 8x64x56x56 d4; padding that lengthens the "
+         "output is applied beforehand for the weight gradient: TCN causal conv1d lax 10.5 / 261, xla 9.8 / 33), "
          "and the only one measured on GPU/TPU so far"),
 )
 
