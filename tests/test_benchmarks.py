@@ -33,3 +33,39 @@ def test_benchmark_command_writes_json_markdown_and_plot(tmp_path):
     markdown = (tmp_path / "bench.md").read_text()
     assert "| resnet50_1x1 float32 NCHW | matmul |" in markdown
     assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_sweep_draws_only_valid_configurations_and_flags_the_slower_rows():
+    """benchmarks/sweep.py: every random shape is a configuration jconv accepts (so a sweep never stops on a
+    ValueError), the draws cover the kinds and dtypes it names, and its table flags auto / lax over 1.05."""
+    import random
+
+    import jax
+
+    import jconv
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import sweep
+
+    rng, kinds, dtypes, lowerings = random.Random(0), set(), set(), set()
+    for index in range(300):
+        case = sweep.random_case(rng, index)
+        x = jax.ShapeDtypeStruct(case.input_shape if not case.channels_last else
+                                 (case.input_shape[0], *case.input_shape[2:], case.input_shape[1]), case.dtype)
+        w = jax.ShapeDtypeStruct(case.weight_shape, case.dtype)
+        choice = jconv.explain(getattr(jconv, case.fn), x, w, None, channels_last=case.channels_last,
+                               **case.options)
+        kinds.add(case.name.split("_", 1)[1])
+        dtypes.add(case.dtype)
+        lowerings.add(choice.lowering)
+    assert kinds == {"depthwise", "multiplier", "grouped", "pointwise", "dense_3d", "transposed",
+                     "transposed_grouped", "transposed_depthwise"}
+    assert dtypes == {"float32", "bfloat16", "float16"}
+    assert {"taps", "grouped", "matmul", "planes", "phase"} <= lowerings
+    row = dict(layer="0_pointwise float32 NCHW", fn="conv2d", input=(1, 8, 4, 4), weight=(8, 8, 1, 1),
+               options={}, lowering="matmul", auto_ms=1.2, lax_ms=1.0, ratio=1.2)
+    report = dict(platform="cpu", jax=jax.__version__, date="today", command="c", machine="m", cpus=2, seed=0,
+                  rows=[row, {**row, "auto_ms": 0.5, "ratio": 0.5}])
+    table = sweep.markdown(report)
+    assert "| 1.20 **slower** | matmul |" in table and "| 0.50 | matmul |" in table
+    assert "Over 1.05x (slower than lax): 1." in table

@@ -1,0 +1,139 @@
+"""Random shapes, auto against plain lax: is auto ever slower on a shape nobody picked?
+
+The suite in suites.py holds real layers; this draws random ones (depthwise with and without a channel
+multiplier, grouped, pointwise, dense 3-D, dense / grouped / depthwise transposed; 1-D to 3-D, both layouts,
+float32 / bfloat16 / float16) and times the forward+backward (output and gradients w.r.t. input and weight) of
+`lowering="auto"` and of plain lax.conv_general_dilated (run.py's plain_lax), the two timed round-robin in one
+process (run.py's interleaved_medians). Shapes where auto compiles to lax's own convolution (auto picks `xla`
+for dense 1-D/2-D convs) are skipped, since the suite's `same HLO` rows already cover them.
+
+    python benchmarks/sweep.py [--seed S] [--count N] [--out benchmarks/results/sweep_cpu]
+
+Writes <out>.json and <out>.md: one row per shape, sorted by auto / lax, the rows over 1.05 flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jconv  # noqa: E402
+from run import interleaved_medians, jax_pair, jconv_spec, make_arrays, plain_lax  # noqa: E402
+from suites import case  # noqa: E402
+
+SLOWER = 1.05  # auto / lax above this is flagged (the benchmark's noise allowance, issue #5)
+
+
+def random_case(rng: random.Random, index: int):
+    kind = rng.choice(["depthwise", "depthwise", "multiplier", "grouped", "pointwise", "dense_3d",
+                       "transposed", "transposed_grouped", "transposed_depthwise"])
+    transposed = kind.startswith("transposed")
+    ndim = 3 if kind == "dense_3d" else rng.choice([1, 2, 2, 3])
+    size = {1: rng.choice([256, 1024, 4096]), 2: rng.choice([14, 28, 56]), 3: rng.choice([8, 12, 16])}[ndim]
+    batch = rng.choice([1, 2, 4, 8]) if ndim < 3 else rng.choice([1, 2])
+    if kind in ("depthwise", "multiplier", "transposed_depthwise"):
+        groups = cin = rng.choice([16, 32, 64, 128])
+        cout = cin * (2 if kind == "multiplier" else 1)
+    elif kind in ("grouped", "transposed_grouped"):
+        groups = rng.choice([2, 4, 8, 16, 32])
+        cin, cout = groups * rng.choice([2, 4, 8, 16]), groups * rng.choice([2, 4, 8, 16])
+    else:
+        groups, cin, cout = 1, rng.choice([8, 16, 32, 64, 128]), rng.choice([8, 16, 32, 64, 128])
+    if kind == "pointwise":
+        k = 1
+    elif ndim == 1:
+        k = rng.choice([3, 4, 8, 16, 31])
+    else:
+        k = rng.choice([2, 3, 3, 4, 5, 7] if ndim == 2 else [2, 3, 3, 4])
+    dilation = rng.choice([1, 1, 1, 2])
+    options = dict(dilation=dilation, groups=groups)
+    if transposed:
+        stride = rng.choice([1, 2, 2, 4] if ndim == 1 else [1, 2, 2, 3])
+        options["padding"] = rng.choice([0, (k - 1) // 2])
+        if stride > 1 and rng.random() < 0.3:
+            options["output_padding"] = 1
+        weight = (cin, cout // groups) + (k,) * ndim
+        fn = f"conv_transpose{ndim}d"
+    else:
+        stride = rng.choice([1, 1, 2])
+        options["padding"] = rng.choice([0, (dilation * (k - 1)) // 2])
+        weight = (cout, cin // groups) + (k,) * ndim
+        fn = f"conv{ndim}d"
+    dtype = rng.choice(["float32", "float32", "bfloat16", "float16"])
+    return case(f"{index}_{kind}", fn, (batch, cin) + (size,) * ndim, weight, dtype=dtype,
+                channels_last=rng.random() < 0.3, stride=stride, **options)
+
+
+def run(seed: int, count: int) -> dict:
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        c = random_case(rng, index)
+        x, w = make_arrays(c, np.random.default_rng(index))
+        spec = jconv_spec(c, x, w)
+        lowering = jconv.explain(getattr(jconv, c.fn), x, w, None, channels_last=c.channels_last,
+                                 **c.options).lowering
+        if lowering == "xla":
+            continue
+        auto = lambda x, w, c=c: getattr(jconv, c.fn)(x, w, None, channels_last=c.channels_last, **c.options)
+        calls = {"auto": jax_pair(auto, x, w)[1], "lax": jax_pair(plain_lax(spec), x, w)[1]}
+        times = interleaved_medians({k: (call, jax.block_until_ready) for k, call in calls.items()})
+        auto_ms, lax_ms = times["auto"][0] * 1e3, times["lax"][0] * 1e3
+        rows.append(dict(layer=c.label(), fn=c.fn, input=c.input_shape, weight=c.weight_shape, options=c.options,
+                         lowering=lowering, auto_ms=auto_ms, lax_ms=lax_ms, ratio=auto_ms / lax_ms))
+        print(f"{index + 1}/{count} {c.fn} {c.input_shape} {c.options} {c.dtype}: {lowering} "
+              f"{auto_ms:.2f} ms, lax {lax_ms:.2f} ms", file=sys.stderr, flush=True)
+    return dict(platform=jax.default_backend(), machine=platform.platform(), cpus=os.cpu_count(),
+                jax=jax.__version__, date=datetime.date.today().isoformat(), seed=seed, count=count,
+                command=" ".join(["python benchmarks/sweep.py", *sys.argv[1:]]), rows=rows)
+
+
+def markdown(report: dict) -> str:
+    rows = sorted(report["rows"], key=lambda r: -r["ratio"])
+    slower = [r for r in rows if r["ratio"] > SLOWER]
+    lines = [f"# Random-shape sweep: auto vs plain lax ({report['platform']}), jax {report['jax']}, {report['date']}",
+             "",
+             f"Command: `{report['command']}`. Machine: {report['machine']}, {report['cpus']} CPUs. "
+             f"{len(rows)} random shapes that auto does not send to lax's own conv (seed {report['seed']}); "
+             "forward+backward (output and gradients w.r.t. input and weight), median ms, auto and lax timed "
+             f"round-robin in one process. Over {SLOWER}x (slower than lax): {len(slower)}.",
+             "",
+             "| auto / lax | auto picks | auto ms | lax ms | fn | input | weight | options | dtype, layout |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = " **slower**" if r["ratio"] > SLOWER else ""
+        dtype_layout = r["layer"].split(" ", 1)[1]
+        lines.append(f"| {r['ratio']:.2f}{flag} | {r['lowering']} | {r['auto_ms']:.2f} | {r['lax_ms']:.2f} | "
+                     f"{r['fn']} | {tuple(r['input'])} | {tuple(r['weight'])} | {r['options']} | {dtype_layout} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--count", type=int, default=40)
+    parser.add_argument("--out", default=None, help="output prefix (default benchmarks/results/sweep_<platform>)")
+    args = parser.parse_args()
+    report = run(args.seed, args.count)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"sweep_{report['platform']}")
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    text = markdown(report)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
