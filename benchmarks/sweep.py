@@ -23,12 +23,12 @@ import random
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jconv  # noqa: E402
-from run import interleaved_medians, jax_pair, jconv_spec, make_arrays, plain_lax  # noqa: E402
+from jconv import dispatch  # noqa: E402
+from run import interleaved_medians, jax_pair, jax_sync, jconv_spec, make_arrays, plain_lax  # noqa: E402
 from suites import case  # noqa: E402
 
 SLOWER = 1.05  # auto / lax above this is flagged (the benchmark's noise allowance, issue #5)
@@ -81,13 +81,12 @@ def run(seed: int, count: int) -> dict:
         c = random_case(rng, index)
         x, w = make_arrays(c, np.random.default_rng(index))
         spec = jconv_spec(c, x, w)
-        lowering = jconv.explain(getattr(jconv, c.fn), x, w, None, channels_last=c.channels_last,
-                                 **c.options).lowering
+        lowering = dispatch.select(spec).lowering
         if lowering == "xla":
             continue
         auto = lambda x, w, c=c: getattr(jconv, c.fn)(x, w, None, channels_last=c.channels_last, **c.options)
         calls = {"auto": jax_pair(auto, x, w)[1], "lax": jax_pair(plain_lax(spec), x, w)[1]}
-        times = interleaved_medians({k: (call, jax.block_until_ready) for k, call in calls.items()})
+        times = interleaved_medians({k: (call, jax_sync) for k, call in calls.items()})
         auto_ms, lax_ms = times["auto"][0] * 1e3, times["lax"][0] * 1e3
         rows.append(dict(layer=c.label(), fn=c.fn, input=c.input_shape, weight=c.weight_shape, options=c.options,
                          lowering=lowering, auto_ms=auto_ms, lax_ms=lax_ms, ratio=auto_ms / lax_ms))

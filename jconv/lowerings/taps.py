@@ -259,19 +259,16 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     # gradient alone: 8x128x1024 k16 m=2 56 -> 1.6 ms, 134 -> 32 MiB of scratch forward+backward; 8x32x56x56 3x3
     # m=2 25 -> 1.1 ms; 7x7 m=3 73 -> 7.2 ms; 8x64x56x56 3x3 stride 2 m=2 55 -> 2.1 ms).
     c, multiplier = spec.in_channels, spec.out_channels // spec.in_channels
-    ca = channel_axis(spec)
+    g_slices = [g] if multiplier == 1 else [lax.slice_in_dim(g, j, None, multiplier, axis=channel_axis(spec))
+                                            for j in range(multiplier)]
+    g_dilated = [lax.pad(g_j, jnp.zeros((), g.dtype), config) for g_j in g_slices]
+    flipped = dataclasses.replace(
+        spec, in_channels=c, out_channels=c, groups=c, in_spatial=tuple(g_dilated[0].shape[a] for a in axes),
+        stride=(1,) * spec.ndim, padding=((0, 0),) * spec.ndim, padding_mode="zeros", preferred_element_type=None,
+        dtype=jnp.dtype(g.dtype))
     w_flipped = jnp.flip(w, axis=tuple(range(2, 2 + spec.ndim)))
-    gx = None
-    for j in range(multiplier):
-        g_j = g if multiplier == 1 else lax.slice_in_dim(g, j, None, multiplier, axis=ca)
-        g_dilated = lax.pad(g_j, jnp.zeros((), g.dtype), config)
-        flipped = dataclasses.replace(
-            spec, in_channels=c, out_channels=c, groups=c, in_spatial=tuple(g_dilated.shape[a] for a in axes),
-            stride=(1,) * spec.ndim, padding=((0, 0),) * spec.ndim, padding_mode="zeros",
-            preferred_element_type=None, dtype=jnp.dtype(g.dtype))
-        term = forward(flipped, g_dilated, lax.slice_in_dim(w_flipped, j, None, multiplier, axis=0))
-        gx = term if gx is None else gx + term
-    return gx
+    return functools.reduce(jnp.add, [forward(flipped, g_j, lax.slice_in_dim(w_flipped, j, None, multiplier, axis=0))
+                                      for j, g_j in enumerate(g_dilated)])
 
 
 # The weight gradient sums each tap's products elementwise over this many blocks (of the batch, then of the
