@@ -130,8 +130,11 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 # grad_weight = X G^T. Autodiff of the phase form instead transposes every phase conv separately. Measured
 # forward+backward against it (one process, interleaved, 2 cores; development probes): 3-D k3 s2
 # 2x32x16^3 -> 16 10.6 vs 15.9 ms, 1x64x16^3 -> 32 17.1 vs 26.7, 3-D k2 s2 2x64x16^3 12.7 vs 14.5, 2-D k3 s2
-# 8x64x28x28 -> 32 9.3 vs 13.1, 2-D k2 s2 8x128x28x28 -> 64 10.2 vs 11.8; even: 2-D k4 s2 (DCGAN) 15.9 vs 15.8,
-# 3-D k4 s2 11.5 vs 11.3, 1-D k8 s4 (HiFi-GAN) 35 vs 33 (26.8-39.1 vs 30.4-46.0); stride 1 is unmeasured.
+# 8x64x28x28 -> 32 9.3 vs 13.1, 2-D k2 s2 8x128x28x28 -> 64 10.2 vs 11.8. Once G was built without copies (see
+# output_grad_columns), the cases that had been even became wins too: 2-D k4 s2 (DCGAN) 12.8 vs 17.1, 1-D k8 s4
+# (HiFi-GAN) 24.3 vs 30.4, 3-D k4 s2 2x64x16^3 -> 32 84 vs 96 (and 3-D k3 s2 2x32x16^3 8.7 vs 13.7). Stride 1 is
+# mixed and left as it is: 2-D k2 8x64x28x28 -> 32 3.9 vs 4.6, 1-D k5 4x128x2048 -> 64 16.3-16.7 vs 14.3-15.2,
+# 1-D k3 and 2-D 1x1 even.
 # G holds about prod(k) / prod(s) times as many values as the output gradient, hence the cap. Grouped convs keep
 # autodiff of the phase form (this form per group is unmeasured; depthwise phases are elementwise tap sums).
 GEMM_GRAD_MAX_EXPANSION = 8
