@@ -81,6 +81,15 @@ def random_case(rng: random.Random) -> Case:
                 **common)
 
 
+def crashes_xla(case: Case, lowering: str) -> bool:
+    """The upstream XLA:CPU abort (README, "Multiple devices"; tests/scripts/xla_dilated_conv_grad_abort.py): the
+    weight gradient of some lax convs with lhs_dilation, which `xla` builds for strided transposed convs, kills the
+    process while compiling (a dilated 3-D one; conv_transpose2d of a 3x3 input, k4, stride (1, 2), padding (0, 3)), so
+    such a check would end the whole run. Which ones crash is not predictable from the arguments: all are skipped.
+    """
+    return lowering == "xla" and case.transposed and max(case.stride) > 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -93,7 +102,7 @@ def main() -> int:
         case = random_case(rng)
         for lowering in ("auto", *dispatch.LOWERING_NAMES):
             try:
-                if lowering != "auto" and not accepted(case, lowering):
+                if (lowering != "auto" and not accepted(case, lowering)) or crashes_xla(case, lowering):
                     continue
                 assert_parity(case, lowering, seed=checks)
             except Exception as e:  # report and go on: one run should show every failing configuration
