@@ -177,7 +177,7 @@ def output_grad_columns(spec: ConvSpec, g: jax.Array) -> jax.Array:
         # elements ran slower than copying each tap's column into place (8x28x28x64 -> 32 k4 s2: backward 8.4-8.8
         # against 6.2-6.7 ms, at twice the scratch; development probe).
         return jnp.stack(columns, axis=-2).reshape(-1, len(columns) * spec.out_channels)
-    return _stack_taps(columns, tap_levels(len(columns))).reshape(len(columns) * spec.out_channels, -1)
+    return _stack_taps(columns, _tap_levels(len(columns))).reshape(len(columns) * spec.out_channels, -1)
 
 
 # XLA:CPU (jax 0.10.2) fuses a concatenation of up to 8 operands into one loop that writes each element once;
@@ -188,9 +188,9 @@ def output_grad_columns(spec: ConvSpec, g: jax.Array) -> jax.Array:
 MAX_FUSED_CONCAT = 8
 
 
-def tap_levels(taps: int) -> Tuple[int, ...]:
-    """Sizes of nested stacks, each at most MAX_FUSED_CONCAT where taps factors so (a prime factor larger than
-    that stays one level), whose product is taps."""
+def _tap_levels(taps: int) -> Tuple[int, ...]:
+    """Sizes of nested stacks whose product is `taps`, each at most MAX_FUSED_CONCAT where the factors allow (a
+    prime factor larger than that stays one level): 27 -> (3, 3, 3), 16 -> (2, 8), 22 -> (11, 2)."""
     levels = []
     while taps > MAX_FUSED_CONCAT:
         divisor = max((f for f in range(2, MAX_FUSED_CONCAT + 1) if taps % f == 0), default=None)
