@@ -244,6 +244,22 @@ def test_phase_gradients_build_the_output_gradient_columns_once(fn, xs, ws, kw):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_phase_tap_nesting_covers_every_tap_in_order():
+    """The nests factor the tap count into levels of at most MAX_FUSED_CONCAT (a larger level only where no
+    divisor fits) and stack the columns in the same order as one flat stack."""
+    from jconv.lowerings import phase
+    limit = phase.MAX_FUSED_CONCAT
+    for taps in range(1, 350):
+        levels = phase._tap_levels(taps)
+        assert math.prod(levels) == taps, (taps, levels)
+        for level in levels:
+            assert level <= limit or not any(level % f == 0 for f in range(2, limit + 1)), (taps, levels)
+    for taps in (1, 8, 9, 16, 27, 22):
+        columns = [jnp.full((2, 3), float(t)) + jnp.arange(3.0) for t in range(taps)]
+        np.testing.assert_array_equal(
+            phase._stack_taps(columns, phase._tap_levels(taps)).reshape(taps, 2, 3), jnp.stack(columns))
+
+
 def test_non_zero_padding_modes_use_no_gather():
     """Gathers have scatter-add gradients, non-deterministic on GPU; the pads are slices and concatenations."""
     x, w = rand(1, 2, 6, 6), rand(2, 2, 3, 3, seed=1)
