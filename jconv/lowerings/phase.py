@@ -227,8 +227,12 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     if spec.channels_last:
         gx = _matmul(spec, columns, _weight_matrix(spec, w).T).reshape(*batch_shape, spec.in_channels)
     else:
-        gx = jnp.swapaxes(_matmul(spec, _weight_matrix(spec, w), columns).reshape(spec.in_channels, *batch_shape),
-                          0, 1)
+        # (C_in, N, positions) -> (N, C_in, positions), the positions flattened: XLA:CPU moves the product in one
+        # copy. Swapping the first two axes of the unflattened (C_in, N, *spatial) array made it copy twice (a
+        # layout change, then the transpose).
+        gx = jnp.swapaxes(_matmul(spec, _weight_matrix(spec, w), columns).reshape(
+            spec.in_channels, spec.batch, math.prod(spec.in_spatial)), 0, 1).reshape(
+            spec.batch, spec.in_channels, *spec.in_spatial)
     return gx.astype(spec.dtype)
 
 
