@@ -154,7 +154,7 @@ def output_grad_columns(spec: ConvSpec, g: jax.Array) -> jax.Array:
     Each tap's column is a strided slice of g padded on its own, not a slice of one padded copy of g: XLA:CPU
     fuses those pads into the stack but materialized the padded copy, and the extra buffer pushed the
     forward+backward's scratch over glibc's 32 MB mmap threshold (HiFi-GAN k8 s4 4x128x2048: 36 -> 20 MiB,
-    35.6 -> 24.6 ms; development probe, one process).
+    35.6 -> 24.6 ms; development probe, old and new code in separate processes).
     """
     axes = spatial_axes(spec)
     if not spec.channels_last:
