@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -146,13 +147,14 @@ def test_grid_covers_every_form_of_the_taps_lowering():
 
 
 def test_grid_covers_both_backward_forms_of_the_phase_lowering():
-    """The grid reaches phase's matmul gradients (both layouts) and its autodiff gradients."""
+    """The grid reaches phase's matmul forward and gradients (both layouts) and its autodiff gradients (the
+    conv-per-phase forward of ungrouped convs is forced in test_hypothesis_phase_forward_forms_float64)."""
     from jconv.lowerings import phase
 
-    forms = {(phase.gemm_grads(spec), spec.channels_last)
+    forms = {(phase.gemm_grads(spec), phase.matmul_forward(spec), spec.channels_last)
              for case in GRID if accepted(case, "phase")
              for spec in [build_spec(case, "phase", *map(jnp.asarray, case.arrays()[:2]), None)]}
-    assert {(True, False), (True, True), (False, False)} <= forms, forms
+    assert {(True, True, False), (True, True, True), (False, False, False)} <= forms, forms
 
 
 def test_grid_covers_merged_and_single_group_convs():
@@ -230,6 +232,27 @@ def test_hypothesis_parity_float64(lowering):
         assert_parity(case, lowering, seed=seed)
 
     check()
+
+
+@pytest.mark.parametrize("form", ["matmul", "conv"])
+def test_hypothesis_phase_forward_forms_float64(form, monkeypatch):
+    """phase computes an ungrouped output either as one matmul per phase plus shifted sums or as one conv per
+    phase (matmul_forward decides by size). Both are forced here, forward and gradients against torch; forcing
+    the matmul form where the rule does not take it also runs autodiff through it."""
+    from jconv.lowerings import phase
+
+    monkeypatch.setattr(phase, "matmul_forward", lambda spec: form == "matmul")
+    jax.clear_caches()  # no jaxpr traced under the other form may be reused
+
+    @given(case=cases(transposed=True, groups=st.just(1)), seed=st.integers(0, 2**16))
+    def check(case, seed):
+        assume(accepted(case, "phase"))
+        assert_parity(case, "phase", seed=seed)
+
+    try:
+        check()
+    finally:
+        jax.clear_caches()
 
 
 @given(case=cases(), seed=st.integers(0, 100))

@@ -244,6 +244,27 @@ def test_phase_gradients_build_the_output_gradient_columns_once(fn, xs, ws, kw):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fn,xs,ws,kw", [
+    (jconv.conv_transpose1d, (2, 32, 512), (32, 16, 8), dict(stride=4, padding=2)),
+    (jconv.conv_transpose2d, (2, 16, 14, 14), (16, 8, 4, 4), dict(stride=2, padding=1)),
+    (jconv.conv_transpose2d, (2, 14, 14, 16), (16, 8, 4, 4), dict(stride=2, padding=1, channels_last=True)),
+    (jconv.conv_transpose3d, (1, 8, 8, 8, 8), (8, 4, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+])
+def test_phase_matmul_forward_is_dots_and_one_loop(fn, xs, ws, kw):
+    """phase's matmul forward compiles to dots and fused loops, no convolution, and its scratch holds the
+    products once: the shifted sums and the interleave are one loop that writes the output."""
+    from jconv.lowerings import phase
+    x, w = rand(*xs, dtype=jnp.float32), rand(*ws, seed=1, dtype=jnp.float32)
+    assert phase.matmul_forward(fn.build_spec(x, w, None, **kw))
+    compiled = jax.jit(lambda x, w: fn(x, w, lowering="phase", **kw)).lower(x, w).compile()
+    assert "convolution(" not in compiled.as_text()
+    products_bytes = math.prod(ws[1:]) * x.size // ws[0] * 4  # taps x C_out by N x input positions, float32
+    scratch = compiled.memory_analysis().temp_size_in_bytes
+    assert scratch <= 1.05 * products_bytes + x.size * 4, (scratch, products_bytes)
+    expected = fn(x.astype(jnp.float64), w.astype(jnp.float64), lowering="xla", **kw)
+    np.testing.assert_allclose(compiled(x, w), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_phase_tap_nesting_covers_every_tap_in_order():
     """The nests factor the tap count into levels of at most MAX_FUSED_CONCAT (a larger level only where no
     divisor fits) and stack the columns in the same order as one flat stack."""

@@ -9,9 +9,11 @@ t*d = (c + p) mod s (mod s). Those taps form a sub-kernel with dilation d / gcd(
 stride-1 correlation of the original input with that sub-kernel, reversed, over a window shifted by a per-phase
 offset. N-D phases are products of per-axis phases. Each phase conv goes through dispatch like any forward conv
 (so grouped and depthwise ones use their fast lowerings); the phases are interleaved back with one stack,
-transpose and reshape, and the result cropped to the output size. No scatter, no gathers. The gradients (ungrouped
-convs) are two matmuls over the output gradient's strided slices (see GEMM_GRAD_MAX_EXPANSION below); for grouped
-ones, autodiff of the phase form: slices, pads and the phase convs' own fast gradients.
+transpose and reshape, and the result cropped to the output size. No scatter, no gathers. Ungrouped convs with
+few input channels compute each phase as one matmul over its taps and a sum of shifted products instead (see
+MATMUL_FORWARD_MAX_IN_CHANNELS below). The gradients (ungrouped convs) are two matmuls over the output gradient's
+strided slices (see GEMM_GRAD_MAX_EXPANSION below); for grouped ones, autodiff of the phase form: slices, pads and
+the phase convs' own fast gradients.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def axis_phases(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Op
     Every phase is computed at ceil(out / s) positions, so the phases interleave by a reshape; the extra
     positions are real values of the transposed conv beyond the output and are cropped afterwards.
     """
-    n = -(-out // s)
+    n = _phase_length(out, s)
     phases = []
     for c in range(s):
         r = (c + p) % s
@@ -79,23 +81,26 @@ def axis_phases(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Op
 
 
 def forward(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    """The transposed conv's output, phase by phase."""
+    return phases_by_matmul(spec, x, w) if matmul_forward(spec) else phases_by_conv(spec, x, w)
+
+
+def phases_by_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    """Each output phase as an ordinary convolution of the input with its sub-kernel, through dispatch."""
     from jconv import dispatch  # dispatch imports this module
 
     n, g = spec.ndim, spec.groups
     plans = [axis_phases(i, k, s, d, lo, o) for i, k, s, d, (lo, _), o in zip(
         spec.in_spatial, spec.kernel_size, spec.stride, spec.dilation, spec.padding, spec.out_spatial)]
-    sizes = [-(-o // s) for o, s in zip(spec.out_spatial, spec.stride)]
     # The forward-conv weight (C_out, C_in/g, *k), not flipped: each phase picks and orders its own taps.
     k = spec.kernel_size
     w_fwd = jnp.swapaxes(w.reshape(g, spec.in_per_group, spec.out_per_group, *k), 1, 2).reshape(
         spec.out_channels, spec.in_per_group, *k)
     axes = spatial_axes(spec)
-    batch_shape = (spec.batch, *sizes, spec.out_channels) if spec.channels_last else \
-        (spec.batch, spec.out_channels, *sizes)
     outputs = []
     for phase in itertools.product(*plans):
         if any(p is None for p in phase):
-            outputs.append(jnp.zeros(batch_shape, output_dtype(spec)))
+            outputs.append(None)
             continue
         starts, limits = [0] * x.ndim, list(x.shape)
         for axis, p in zip(axes, phase):
@@ -108,7 +113,20 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
             dilation=tuple(p.dilation for p in phase), output_padding=(0,) * n, padding_mode="zeros",
             has_bias=False, lowering="auto")
         outputs.append(dispatch.lower_inner(inner, xs, sub_w))
-    y = jnp.stack(outputs)  # (s0*s1*..., *batch_shape), phases in row-major order
+    return _interleave(spec, outputs)
+
+
+def _phase_length(out: int, s: int) -> int:
+    """Positions per phase along an axis: ceil(out / s), so that the phases interleave by a reshape."""
+    return -(-out // s)
+
+
+def _interleave(spec: ConvSpec, outputs: list) -> jax.Array:
+    """The output from its phases (row-major over the per-axis phases; None: all zeros), cropped."""
+    n, sizes = spec.ndim, [_phase_length(o, s) for o, s in zip(spec.out_spatial, spec.stride)]
+    batch_shape = (spec.batch, *sizes, spec.out_channels) if spec.channels_last else \
+        (spec.batch, spec.out_channels, *sizes)
+    y = jnp.stack([jnp.zeros(batch_shape, output_dtype(spec)) if o is None else o for o in outputs])
     y = y.reshape(*spec.stride, *batch_shape)
     # Interleave: phase index c_i goes right after position v_i along each spatial axis.
     if spec.channels_last:
@@ -120,6 +138,103 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
         y = y.transpose(perm).reshape(spec.batch, spec.out_channels, *[m * s for m, s in zip(sizes, spec.stride)])
         crop = (slice(None), slice(None), *[slice(0, o) for o in spec.out_spatial])
     return y[crop]
+
+
+# --- the forward as matmuls: one per output phase, then shifted sums -----------------------------------------
+#
+# The product of the weight with the input, W^T X (taps x C_out, N x input positions), holds every tap's
+# contribution; an output phase is the sum of its taps' products, each shifted by the tap's offset (col2im, with
+# the shifts of one phase all whole positions). One matmul per phase over its own taps, and XLA fuses the shifted
+# sums with the interleave into one loop. With few input channels the phase convs (XLA:CPU dense convolutions) are
+# slower per FLOP than XLA's dot. Measured forward (forward+backward with a fixed cotangent / with the cotangent
+# y - t, as in training), both forms in one process, 2 cores, development probes (ms):
+#   2-D k4 s2 8x64x28x28 -> 32         5.1 -> 3.0 (11.4 -> 9.4 / 14.5 -> 9.2)
+#   3-D k3 s2 2x32x16^3 -> 16          4.0 -> 3.1 (8.3 -> 8.3 / 9.1 -> 7.1), another run 5.3 -> 4.0
+#   2-D k4 s2 8x128x14x14 -> 64        5.2 -> 3.9 (11.9 -> 10.3 / 11.5 -> 10.3)
+#   2-D k3 s2 8x128x14x14 -> 64        3.1 -> 2.1 (7.2 -> 6.3 / 5.7 -> 5.5)
+#   channels-last 8x28x28x64 k4 s2     4.6 -> 3.5 (11.3 -> 10.9 / 12.2 -> 9.9)
+#   2-D k4 s2 8x64x32x32 -> 3          2.3 -> 0.9 (6.1 -> 4.0 / 4.2 -> 4.4)
+#   even: 2-D k2 s2 8x128x28x28 -> 64 (both layouts), 1-D k4 s2 8x128x512, 2-D k5 s2 8x64x28x28 -> 32.
+# With many input channels XLA's convs are efficient and the matmuls' extra output costs more, hence the cap on
+# C_in: 8x512x7x7 -> 256 k4 s2 12.3-13.2 -> 14.7-14.9 (32 -> 35), 32x256x4x4 -> 128 3.8 -> 4.0 (9.9 -> 11.4),
+# 8x256x14x14 -> 128 even.
+# XLA keeps all phases' products live until the one fused loop that reads them, so their size is capped too: with
+# a fixed cotangent XLA also builds the output gradient's columns (the same size) alongside them, and over glibc's
+# 32 MB mmap threshold (README, "Speed on CPU: the allocator") every call page-faults its scratch in: 3-D k4 s2
+# 1x32x16^3 -> 16 (products 16 MiB) forward+backward 10.6 -> 22 ms (32 MiB of scratch; 11.5 -> 10.3 with y - t),
+# 2x32x16^3 (32 MiB) forward 8.2 -> 22.8. The 1-D k8 s4 4x128x2048 -> 64 (16 MiB) gained (9.3 -> 7.6 forward,
+# 24.2 -> 21.4) but is left under the cap's conservative side.
+# Only with the matmul gradients: autodiff of this form (2-D k3 s1, 9 taps) measured 12.2 against 8.7 ms.
+MATMUL_FORWARD_MAX_IN_CHANNELS = 128
+MATMUL_FORWARD_MAX_BYTES = 14 * 2**20
+
+
+def matmul_forward(spec: ConvSpec) -> bool:
+    """Whether the forward is phases_by_matmul (else phases_by_conv)."""
+    product = math.prod(spec.kernel_size) * spec.out_channels * spec.batch * math.prod(spec.in_spatial)
+    return (gemm_grads(spec) and spec.in_channels <= MATMUL_FORWARD_MAX_IN_CHANNELS
+            and product * jnp.dtype(accumulation_dtype(spec)).itemsize <= MATMUL_FORWARD_MAX_BYTES)
+
+
+class TapPlacement(NamedTuple):
+    tap: int  # kernel tap along the axis
+    start: int  # its input window [start, stop)
+    stop: int
+    pad: Tuple[int, int]  # zeros around the window, to the phase's length
+
+
+def axis_tap_placements(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Tuple[TapPlacement, ...], ...]:
+    """Per output phase c: the taps that land on it and where (input i, tap t -> position i*s - p + t*d)."""
+    n = _phase_length(out, s)
+    phases = [[] for _ in range(s)]
+    for t in range(k):
+        offset = t * d - p
+        c, shift = offset % s, offset // s  # phase c, position v = i + shift within it
+        start, stop = max(0, -shift), min(size, n - shift)
+        if stop > start:
+            phases[c].append(TapPlacement(t, start, stop, (start + shift, n - stop - shift)))
+    return tuple(tuple(phase) for phase in phases)
+
+
+def phases_by_matmul(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    """Each output phase as one matmul of its taps' weights with the input and a sum of shifted products."""
+    n, k = spec.ndim, spec.kernel_size
+    cin, cout, batch = spec.in_channels, spec.out_channels, spec.batch
+    plans = [axis_tap_placements(i, kk, s, d, lo, o) for i, kk, s, d, (lo, _), o in zip(
+        spec.in_spatial, k, spec.stride, spec.dilation, spec.padding, spec.out_spatial)]
+    # Channels-first, the input goes to (C_in, N, *spatial) and the products come out (taps x C_out, N, *spatial),
+    # each tap a contiguous block. Multiplying the batched (N, C_in, positions) input instead made XLA add layout
+    # copies around the products (2-D k4 s2 8x64x28x28: forward 3.7-4.8 against 3.2-3.3 ms, development probe in
+    # separate processes). The spatial axes stay unflattened so that a sharded one stays sharded under GSPMD
+    # (XLA:CPU flattens them inside the dot anyway).
+    xm = x if spec.channels_last else jnp.swapaxes(x, 0, 1)
+    w_taps = w.reshape(cin, cout, -1)
+    zero = jnp.zeros((), accumulation_dtype(spec))
+    axes = spatial_axes(spec)
+    outputs = []
+    for phase in itertools.product(*[range(s) for s in spec.stride]):
+        placements = list(itertools.product(*[plan[c] for plan, c in zip(plans, phase)]))
+        if not placements:
+            outputs.append(None)
+            continue
+        taps = np.asarray([np.ravel_multi_index([p.tap for p in tap], k) for tap in placements])
+        w_phase = jnp.swapaxes(w_taps[:, :, taps], 1, 2)  # (C_in, phase taps, C_out)
+        if spec.channels_last:
+            y = _tensordot(spec, xm, w_phase.reshape(cin, -1), ((n + 1,), (0,)))
+            y = y.reshape(batch, *spec.in_spatial, len(taps), cout)
+        else:
+            y = _tensordot(spec, w_phase.reshape(cin, -1), xm, ((0,), (0,)))
+            y = y.reshape(len(taps), cout, batch, *spec.in_spatial)
+        total = None
+        for j, tap in enumerate(placements):
+            yt = y[(slice(None),) * (n + 1) + (j,)] if spec.channels_last else jnp.swapaxes(y[j], 0, 1)
+            start, limit, pads = [0] * yt.ndim, list(yt.shape), [(0, 0, 0)] * yt.ndim
+            for axis, p in zip(axes, tap):
+                start[axis], limit[axis], pads[axis] = p.start, p.stop, (*p.pad, 0)
+            term = lax.pad(lax.slice(yt, start, limit), zero, pads)
+            total = term if total is None else total + term
+        outputs.append(total.astype(output_dtype(spec)))
+    return _interleave(spec, outputs)
 
 
 # --- the gradients as two matmuls over the output gradient's columns -----------------------------------------
@@ -219,6 +334,11 @@ def _weight_matrix(spec: ConvSpec, w: jax.Array) -> jax.Array:
 
 def _matmul(spec: ConvSpec, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=spec.precision, preferred_element_type=accumulation_dtype(spec))
+
+
+def _tensordot(spec: ConvSpec, a: jax.Array, b: jax.Array, axes) -> jax.Array:
+    return lax.dot_general(a, b, (axes, ((), ())), precision=spec.precision,
+                           preferred_element_type=accumulation_dtype(spec))
 
 
 def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
