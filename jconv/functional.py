@@ -69,7 +69,11 @@ def _body(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional
     if b is not None:
         shape = [1] * y.ndim
         shape[channel_axis(spec)] = spec.out_channels
-        y = y + b.astype(y.dtype).reshape(shape)
+        # Added in at least float32, so that the bias gradient (the output gradient summed over the batch and every
+        # position) accumulates in float32 for half types, as PyTorch's does: a float16 sum over 15k positions was
+        # 3% off. For float32 and float64 the casts are no-ops.
+        acc = jnp.promote_types(y.dtype, jnp.float32)
+        y = (y.astype(acc) + b.astype(acc).reshape(shape)).astype(y.dtype)
     return y if spec.batched else y[0]
 
 

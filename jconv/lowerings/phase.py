@@ -207,9 +207,12 @@ def phases_by_matmul(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     # copies around the products (2-D k4 s2 8x64x28x28: forward 3.7-4.8 against 3.2-3.3 ms, development probe in
     # separate processes). The spatial axes stay unflattened so that a sharded one stays sharded under GSPMD
     # (XLA:CPU flattens them inside the dot anyway).
-    xm = x if spec.channels_last else jnp.swapaxes(x, 0, 1)
-    w_taps = w.reshape(cin, cout, -1)
-    zero = jnp.zeros((), accumulation_dtype(spec))
+    # Half-precision operands are widened first: XLA:CPU (jax 0.10.2) has no BF16 x BF16 = F32 dot for the
+    # channels-first layout ("UNIMPLEMENTED: Unsupported element type for DotThunk"). The products are the same.
+    acc = accumulation_dtype(spec)
+    xm = (x if spec.channels_last else jnp.swapaxes(x, 0, 1)).astype(acc)
+    w_taps = w.reshape(cin, cout, -1).astype(acc)
+    zero = jnp.zeros((), acc)
     axes = spatial_axes(spec)
     outputs = []
     for phase in itertools.product(*[range(s) for s in spec.stride]):
