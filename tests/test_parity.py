@@ -146,6 +146,31 @@ def test_grid_covers_every_form_of_the_taps_lowering():
     assert ("summed", True, True) in weight_forms, weight_forms  # strided, batch cut into ragged blocks
 
 
+@pytest.mark.parametrize("case", [
+    Case(n=2, transposed=False, batch=8, in_channels=3, out_channels=3, spatial=(9, 7), kernel=(3, 3), padding=1,
+         groups=3),
+    Case(n=2, transposed=False, batch=6, in_channels=2, out_channels=2, spatial=(8, 9), kernel=(5, 3),
+         padding=(2, 1), dilation=(1, 2), groups=2, channels_last=True),
+    Case(n=1, transposed=False, batch=8, in_channels=4, out_channels=4, spatial=(11,), kernel=(4,), padding=3,
+         groups=4),
+    Case(n=3, transposed=False, batch=5, in_channels=2, out_channels=2, spatial=(4, 5, 6), kernel=(2, 3, 2),
+         padding=(1, 0, 1), groups=2, padding_mode="reflect"),
+    Case(n=2, transposed=False, batch=8, in_channels=2, out_channels=2, spatial=(7, 7), kernel=(3, 3),
+         padding="same", groups=2, padding_mode="circular", bias=False),
+], ids=_case_id)
+def test_taps_weight_gradient_from_the_padded_output_gradient(case):
+    """At stride 1 with whole-batch blocks the unrolled summed weight gradient reads grad_input's padded output
+    gradient instead of the padded input (taps._reads_the_padded_output_grad). The grid's batches are too small
+    to take that form; these take it, checked against torch."""
+    from jconv.lowerings import taps
+
+    spec = build_spec(case, "taps", *map(jnp.asarray, case.arrays()[:2]), None)
+    batch_blocks = min(case.batch, taps.SUMMED_BLOCKS)
+    assert taps.weight_grad_form(spec) == "summed" and case.batch % batch_blocks == 0
+    assert taps._reads_the_padded_output_grad(spec, batch_blocks, 1, 0)
+    assert_parity(case, "taps")
+
+
 def test_grid_covers_both_backward_forms_of_the_phase_lowering():
     """The grid reaches phase's matmul forward and gradients (both layouts) and its autodiff gradients (the
     conv-per-phase forward of ungrouped convs is forced in test_hypothesis_phase_forward_forms_float64)."""
