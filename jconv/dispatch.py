@@ -61,8 +61,8 @@ def _transposed(spec: ConvSpec) -> bool:
 # convolution until benchmarks/run.py has been run there.
 RULES = (
     Rule("taps", ("cpu",), _depthwise,
-         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 150 / 319, "
-         "taps 5.9 / 29; ConvNeXt 7x7 8x96x56x56: lax 234 / 707, taps 7.5 / 39; Mamba conv1d k4: "
+         "depthwise on CPU: tap sum with hand-written derivatives; 8x128x56x56 3x3: lax 98 / 290, "
+         "taps 2.5 / 12.6; ConvNeXt 7x7 8x96x56x56: lax 234 / 707, taps 7.5 / 39; Mamba conv1d k4: "
          "lax 160 / 25757, taps 2.7 / 29; RepLKNet 31x31 2x64x28x28: lax 410 / 1113, taps 6.6 / 24"),
     Rule("planes", ("cpu",), _dense_3d,
          "3-D (dense or grouped) on CPU: one 2-D conv over depth planes; 1x32x32^3 -> 32 3x3x3: lax 64 / 261, "
@@ -74,7 +74,7 @@ RULES = (
          "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 6.0 / 17.0, matmul 2.5 / 9.3"),
     Rule("phase", ("cpu",), _transposed,
          "transposed on CPU: phase decomposition, no zeros, phases and gradients as matmuls; 8x64->32 28x28 k4 s2: "
-         "lax 5.4 / 119, phase 3.2 / 9.8 (the VJP of the forward conv: 118 forward+backward)"),
+         "lax 6.1 / 122, phase 5.0 / 10.9 (the VJP of the forward conv: 121 forward+backward)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
          "space-to-batch measured 33 / 168 against lax's 25 / 66 for 8x64x56x56 d4; padding that lengthens the "
