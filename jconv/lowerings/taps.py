@@ -327,7 +327,8 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
             total = None
             for b in range(batch_blocks):
                 block = lambda a: lax.slice_in_dim(a, b * batch_size, (b + 1) * batch_size, axis=0)
-                total = block(xs) * block(gs) if total is None else total + block(xs) * block(gs)
+                term = block(xs) * block(gs)
+                total = term if total is None else total + term
             sums.append(total)
         return reduce_taps(jnp.stack(sums)).reshape(spec.out_channels, 1, *spec.kernel_size)
 
