@@ -311,6 +311,17 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
         ca = channel_axis(spec) + 1
         return jnp.sum(sums, axis=tuple(a for a in range(sums.ndim) if a not in (0, ca))).T
 
+    def block_sum(a, b):
+        """sum over the blocks (of the batch, and of the leading spatial axis where there are row blocks) of a * b."""
+        total = None
+        for i, r in itertools.product(range(batch_blocks), range(row_blocks)):
+            def block(v):
+                v = lax.slice_in_dim(v, i * batch_size, (i + 1) * batch_size, axis=0)
+                return v if row_blocks == 1 else lax.slice_in_dim(v, r * row_size, (r + 1) * row_size, axis=row_axis)
+            term = block(a) * block(b)
+            total = term if total is None else total + term
+        return total
+
     if not loop and _reads_the_padded_output_grad(spec, batch_blocks, row_blocks, extra_batch):
         # Tap t's products x_padded[o + t*d] * g[o], indexed by input position i = o + t*d - pad instead: x[i] times
         # the slice of grad_input's padded output gradient that starts at reach - t*d. XLA computes that padded
@@ -323,13 +334,7 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
             for axis, t, d, k, size in zip(axes, tap, spec.dilation, spec.kernel_size, spec.lowering_in_spatial):
                 start = d * (k - 1) - t * d
                 gs = lax.slice_in_dim(gs, start, start + size, axis=axis)
-            gs = gs.astype(acc_dtype)
-            total = None
-            for b in range(batch_blocks):
-                block = lambda a: lax.slice_in_dim(a, b * batch_size, (b + 1) * batch_size, axis=0)
-                term = block(xs) * block(gs)
-                total = term if total is None else total + term
-            sums.append(total)
+            sums.append(block_sum(xs, gs.astype(acc_dtype)))
         return reduce_taps(jnp.stack(sums)).reshape(spec.out_channels, 1, *spec.kernel_size)
 
     if extra_batch:
@@ -342,14 +347,7 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
 
     def summed_products(xs):
         """sum over blocks of xs * g (xs: the input slice a tap meets, shaped like g)."""
-        xs = _expand_channels(spec, xs).astype(acc_dtype)
-        total = None
-        for b, r in itertools.product(range(batch_blocks), range(row_blocks)):
-            block = lambda a: lax.slice_in_dim(lax.slice_in_dim(a, b * batch_size, (b + 1) * batch_size, axis=0),
-                                               r * row_size, (r + 1) * row_size, axis=row_axis)
-            term = block(xs) * block(g)
-            total = term if total is None else total + term
-        return total
+        return block_sum(_expand_channels(spec, xs).astype(acc_dtype), g)
 
     if not loop:
         sums = []
