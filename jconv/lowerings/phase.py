@@ -211,7 +211,7 @@ def phases_by_matmul(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     # channels-first layout ("UNIMPLEMENTED: Unsupported element type for DotThunk"). The products are the same.
     acc = accumulation_dtype(spec)
     xm = (x if spec.channels_last else jnp.swapaxes(x, 0, 1)).astype(acc)
-    w_taps = w.reshape(cin, cout, -1).astype(acc)
+    w_taps = _weight_matrix(spec, w).astype(acc).reshape(cin, -1, cout)  # (C_in, taps, C_out)
     zero = jnp.zeros((), acc)
     axes = spatial_axes(spec)
     outputs = []
@@ -221,7 +221,7 @@ def phases_by_matmul(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
             outputs.append(None)
             continue
         taps = np.asarray([np.ravel_multi_index([p.tap for p in tap], k) for tap in placements])
-        w_phase = jnp.swapaxes(w_taps[:, :, taps], 1, 2)  # (C_in, phase taps, C_out)
+        w_phase = w_taps[:, taps]  # (C_in, phase taps, C_out)
         if spec.channels_last:
             y = _tensordot(spec, xm, w_phase.reshape(cin, -1), ((n + 1,), (0,)))
             y = y.reshape(batch, *spec.in_spatial, len(taps), cout)
