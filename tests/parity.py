@@ -78,13 +78,19 @@ def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype
     return tuple(None if a is None else np.asarray(a, np.float64) for a in (y, gx, gw, gb))
 
 
-def assert_parity(case: Case, lowering: str, seed: int = 0, rtol=1e-9, atol=1e-9, jit=True):
+def torch_and_jconv(case: Case, lowering: str, seed: int = 0, dtype=jnp.float64, jit=True):
+    """Output and gradients (input, weight, bias) from torch in float64 and from jconv in `dtype`, for the case's
+    arrays (`seed`) and a random cotangent: two 4-tuples of float64 NumPy arrays (None where there is no bias)."""
     x, w, b = case.arrays(seed)
     # Shape of the output from torch decides the cotangent.
     y_t, *_ = torch_forward_and_grads(case, x, w, b, np.zeros(1))
     cot = np.random.default_rng(seed + 1).standard_normal(y_t.shape)
     expected = torch_forward_and_grads(case, x, w, b, cot)
-    got = jconv_forward_and_grads(case, lowering, x, w, b, cot, jit=jit)
+    return expected, jconv_forward_and_grads(case, lowering, x, w, b, cot, dtype=dtype, jit=jit)
+
+
+def assert_parity(case: Case, lowering: str, seed: int = 0, rtol=1e-9, atol=1e-9, jit=True):
+    expected, got = torch_and_jconv(case, lowering, seed, jit=jit)
     for name, e, g in zip(("output", "grad_input", "grad_weight", "grad_bias"), expected, got):
         if e is None:
             assert g is None
