@@ -361,12 +361,19 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
 
 def grad_weight(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
     columns = output_grad_columns(spec, g)
-    if spec.channels_last:
-        gw = _matmul(spec, x.reshape(-1, spec.in_channels).T, columns)
-    else:
-        gw = _matmul(spec, jnp.swapaxes(x, 0, 1).reshape(spec.in_channels, -1), columns.T)
     taps = math.prod(spec.kernel_size)
-    gw = jnp.swapaxes(gw.reshape(spec.in_channels, taps, spec.out_channels), 1, 2)
+    if spec.channels_last:
+        gw = _matmul(spec, x.reshape(-1, spec.in_channels).T, columns).reshape(spec.in_channels, taps, -1)
+        gw = jnp.swapaxes(gw, 1, 2)  # (C_in, C_out, taps)
+    else:
+        # G X^T, (taps x C_out, C_in), and the small result transposed: XLA:CPU ran X G^T (its YNNPACK matmul)
+        # slower, 2.07 against 1.46 ms for the 3-D decoder's (32 x 8192) . (432 x 8192) alone. Forward+backward
+        # ms, `benchmarks/run.py --only _up`, X G^T and G X^T alternating in separate processes, three rounds:
+        # 3-D k3 s2 2x32x16^3 -> 16 8.1-9.6 -> 7.4-8.6, DCGAN 11.0-11.3 -> 9.2-10.5, HiFi-GAN 24.0-27.7 ->
+        # 22.6-27.9, U-Net k2 s2 9.5-10.0 -> 9.0-9.7. Channels-last the same swap lost (DCGAN 10.5 -> 14.2 in a
+        # one-process probe), so it keeps X^T G there.
+        gw = _tensordot(spec, columns, jnp.swapaxes(x, 0, 1).reshape(spec.in_channels, -1), ((1,), (1,)))
+        gw = jnp.transpose(gw.reshape(taps, spec.out_channels, spec.in_channels), (2, 1, 0))
     return gw.reshape(spec.in_channels, spec.out_channels, *spec.kernel_size).astype(spec.dtype)
 
 
