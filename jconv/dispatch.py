@@ -74,7 +74,7 @@ RULES = (
          "pointwise on CPU: one matmul; 8x256x28x28 -> 64 1x1: lax 6.0 / 17.0, matmul 2.5 / 9.3"),
     Rule("phase", ("cpu",), _transposed,
          "transposed on CPU: phase decomposition, no zeros, phases and gradients as matmuls; 8x64->32 28x28 k4 s2: "
-         "lax 6.1 / 122, phase 5.0 / 10.9 (the VJP of the forward conv: 121 forward+backward)"),
+         "lax 6.8 / 121, phase 3.4 / 9.7 (the VJP of the forward conv: 5.5 / 122)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
          "space-to-batch measured 33 / 168 against lax's 25 / 66 for 8x64x56x56 d4; padding that lengthens the "
