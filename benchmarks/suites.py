@@ -40,6 +40,7 @@ def case(name, fn, x, w, dtype="float32", channels_last=False, **kwargs):
 CPU = [
     case("resnet50_3x3", "conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1),
     case("resnet50_1x1", "conv2d", (8, 256, 28, 28), (64, 256, 1, 1)),
+    case("resnet50_expand_1x1", "conv2d", (8, 64, 56, 56), (256, 64, 1, 1)),  # layer1's 64 -> 256 at 56x56
     case("resnext_g32", "conv2d", (4, 256, 28, 28), (256, 8, 3, 3), padding=1, groups=32),
     case("grouped_g8", "conv2d", (8, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8),
     case("mbv2_dw3x3", "conv2d", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128),

@@ -5,6 +5,7 @@ A new lowering registered in jconv.dispatch.LOWERINGS joins these tests automati
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import jax
@@ -173,7 +174,7 @@ def test_taps_weight_gradient_from_the_padded_output_gradient(case):
 
 def test_grid_covers_both_backward_forms_of_the_phase_lowering():
     """The grid reaches phase's matmul forward and gradients (both layouts) and its autodiff gradients (the
-    conv-per-phase forward of ungrouped convs is forced in test_hypothesis_phase_forward_forms_float64)."""
+    conv-per-phase forward of ungrouped convs is forced in test_hypothesis_forced_forms_float64)."""
     from jconv.lowerings import phase
 
     forms = {(phase.gemm_grads(spec), phase.matmul_forward(spec), spec.channels_last)
@@ -259,20 +260,30 @@ def test_hypothesis_parity_float64(lowering):
     check()
 
 
-@pytest.mark.parametrize("form", ["matmul", "conv"])
-def test_hypothesis_phase_forward_forms_float64(form, monkeypatch):
-    """phase computes an ungrouped output either as one matmul per phase plus shifted sums or as one conv per
-    phase (matmul_forward decides by size). Both are forced here, forward and gradients against torch; forcing
-    the matmul form where the rule does not take it also runs autodiff through it."""
-    from jconv.lowerings import phase
+# Rules by which a lowering chooses between two forms by size; hypothesis draws mostly small shapes, so each form
+# is forced here, forward and gradients against torch (forcing a form where its rule would not take it also runs
+# autodiff through it).
+FORMS = {
+    # one matmul per output phase plus shifted sums, or one conv per phase (ungrouped transposed convs)
+    "phase.matmul_forward": ("phase", dict(transposed=True, groups=st.just(1))),
+    # channels-first: a batched matmul over samples, or one matmul over all of them
+    "matmul.per_sample": ("matmul", BIAS["matmul"]),
+}
 
-    monkeypatch.setattr(phase, "matmul_forward", lambda spec: form == "matmul")
+
+@pytest.mark.parametrize("taken", [True, False], ids=["taken", "not_taken"])
+@pytest.mark.parametrize("rule", FORMS)
+def test_hypothesis_forced_forms_float64(rule, taken, monkeypatch):
+    module_name, predicate = rule.split(".")
+    module = importlib.import_module(f"jconv.lowerings.{module_name}")
+    lowering, bias = FORMS[rule]
+    monkeypatch.setattr(module, predicate, lambda spec: taken)
     jax.clear_caches()  # no jaxpr traced under the other form may be reused
 
-    @given(case=cases(transposed=True, groups=st.just(1)), seed=st.integers(0, 2**16))
+    @given(case=cases(**bias), seed=st.integers(0, 2**16))
     def check(case, seed):
-        assume(accepted(case, "phase"))
-        assert_parity(case, "phase", seed=seed)
+        assume(accepted(case, lowering))
+        assert_parity(case, lowering, seed=seed)
 
     try:
         check()
