@@ -206,6 +206,7 @@ cases = [
     (jconv.conv2d, (2, 6, 12, 12), (4, 6, 1, 1), dict(stride=2)),
     (jconv.conv3d, (2, 4, 7, 8, 6), (6, 2, 3, 3, 2), dict(groups=2, padding=1, stride=(2, 1, 1))),
     (jconv.conv_transpose2d, (2, 6, 9, 8), (6, 4, 4, 4), dict(stride=2, padding=1)),
+    (jconv.conv2d, (2, 12, 11, 6), (4, 6, 3, 3), dict(padding=(1, 2), channels_last=True)),
 ]
 digest = hashlib.sha256()
 ran = 0

@@ -19,6 +19,11 @@ CASES = [  # (fn, input, weight, kwargs, lowering auto picks on CPU)
     (jconv.conv2d, (8, 256, 28, 28), (64, 256, 1, 1), {}, "matmul"),
     (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "xla"),
     (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=4, dilation=4), "xla"),
+    (jconv.conv2d, (8, 56, 56, 64), (64, 64, 3, 3), dict(padding=4, dilation=4, channels_last=True), "im2col"),
+    (jconv.conv2d, (4, 64, 64, 3), (32, 3, 7, 7), dict(padding=3, channels_last=True), "xla"),  # 3 channels
+    (jconv.conv2d, (32, 7, 7, 512), (512, 512, 3, 3), dict(padding=1, channels_last=True), "xla"),  # 7x7
+    (jconv.conv2d, (8, 56, 56, 64), (64, 64, 3, 3), dict(padding=1, stride=2, channels_last=True), "xla"),
+    (jconv.conv1d, (4, 8192, 64), (64, 64, 3), dict(padding=16, dilation=16, channels_last=True), "xla"),
     (jconv.conv_transpose2d, (8, 64, 28, 28), (64, 32, 4, 4), dict(stride=2, padding=1), "phase"),
     (jconv.conv3d, (1, 32, 32, 32, 32), (32, 32, 3, 3, 3), dict(padding=1), "planes"),
     (jconv.conv3d, (2, 64, 16, 16, 16), (64, 16, 3, 3, 3), dict(padding=1, groups=4), "planes"),

@@ -193,7 +193,8 @@ def test_grid_covers_merged_and_single_group_convs():
 
 
 @st.composite
-def cases(draw, transposed=None, groups=None, depthwise=None, pointwise=False, dilated=False, ndims=(1, 2, 3)):
+def cases(draw, transposed=None, groups=None, depthwise=None, pointwise=False, dilated=False, ndims=(1, 2, 3),
+          channels_last=None, unit_stride=False):
     """Random valid configurations; the keyword arguments bias them towards what one lowering accepts."""
     n = draw(st.sampled_from(ndims))
     transposed = draw(st.booleans()) if transposed is None else transposed
@@ -203,14 +204,15 @@ def cases(draw, transposed=None, groups=None, depthwise=None, pointwise=False, d
     cout_g = draw(st.integers(1, 3))
     kmax = 1 if pointwise else 3 if n == 3 else 5
     kernel = tuple(draw(st.integers(1, kmax)) for _ in range(n))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(n))
+    stride = tuple(draw(st.integers(1, 1 if unit_stride else 3)) for _ in range(n))
     dilation = tuple(draw(st.integers(1, 3)) for _ in range(n))
     if dilated:
         dilation = (draw(st.integers(2, 4)),) + dilation[1:]
         stride = tuple(1 if d > 1 else s for d, s in zip(dilation, stride))
     common = dict(n=n, transposed=transposed, batch=draw(st.integers(1, 2)), in_channels=groups * cin_g,
                   out_channels=groups * cout_g, kernel=kernel, stride=stride, dilation=dilation, groups=groups,
-                  bias=draw(st.booleans()), channels_last=draw(st.booleans()))
+                  bias=draw(st.booleans()),
+                  channels_last=draw(st.booleans()) if channels_last is None else channels_last)
     extent = 6 if n == 3 else 12
     if transposed:
         spatial = tuple(draw(st.integers(1, extent // 2)) for _ in range(n))
@@ -246,6 +248,7 @@ BIAS = {
     "dilated": dict(transposed=False, dilated=True),
     "phase": dict(transposed=True),
     "planes": dict(transposed=False, ndims=(3,)),
+    "im2col": dict(transposed=False, groups=st.just(1), channels_last=True, unit_stride=True),
     "pallas": dict(transposed=False, groups=st.integers(2, 4), depthwise=True),
 }
 
@@ -284,6 +287,26 @@ def test_hypothesis_forced_forms_float64(rule, taken, monkeypatch):
     def check(case, seed):
         assume(accepted(case, lowering))
         assert_parity(case, lowering, seed=seed)
+
+    try:
+        check()
+    finally:
+        jax.clear_caches()
+
+
+def test_hypothesis_im2col_in_many_chunks_float64(monkeypatch):
+    """im2col's weight gradient loops over chunks of rows on the flattened padded grid; hypothesis' shapes fit
+    in one chunk, so here chunks are a few rows (most shapes: many chunks, a ragged last one, taps reaching
+    across chunk, row and sample edges)."""
+    from jconv.lowerings import im2col
+
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 64)
+    jax.clear_caches()
+
+    @given(case=cases(**BIAS["im2col"]), seed=st.integers(0, 2**16))
+    def check(case, seed):
+        assume(accepted(case, "im2col"))
+        assert_parity(case, "im2col", seed=seed)
 
     try:
         check()

@@ -54,7 +54,7 @@ def padded_beforehand(spec: ConvSpec) -> tuple:
     return tuple(pads)
 
 
-def _conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Array:
+def conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Array:
     if spec.transposed:  # the forward conv of the zero-stuffed input with the flipped, regrouped kernel
         w = transposed_weight_as_conv(spec, w)
         strides, padding, lhs_dilation = (1,) * spec.ndim, transposed_as_conv_padding(spec), spec.stride
@@ -81,16 +81,16 @@ def _conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Ar
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _with_padded_weight_gradient(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return _conv(spec, x, w)
+    return conv(spec, x, w)
 
 
 def _with_padded_weight_gradient_jvp(spec, primals, tangents):
     x, w = primals
     tx, tw = tangents
-    y = _conv(spec, x, w)
-    direct = [] if isinstance(tx, SymbolicZero) else [_conv(spec, tx, w)]
+    y = conv(spec, x, w)
+    direct = [] if isinstance(tx, SymbolicZero) else [conv(spec, tx, w)]
     if not isinstance(tw, SymbolicZero):
-        direct.append(_conv(spec, x, tw, beforehand=padded_beforehand(spec)))
+        direct.append(conv(spec, x, tw, beforehand=padded_beforehand(spec)))
     return y, tangent_from_gradients(y, [], direct)
 
 
@@ -100,4 +100,4 @@ _with_padded_weight_gradient.defjvp(_with_padded_weight_gradient_jvp, symbolic_z
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     if any(pre != (0, 0) for pre in padded_beforehand(spec)):
         return _with_padded_weight_gradient(spec, x, w)
-    return _conv(spec, x, w)
+    return conv(spec, x, w)

@@ -27,6 +27,7 @@ CASES = {
     "dilated": (jconv.conv2d, (8, 4, 32, 16), (6, 4, 3, 3), dict(padding=2, dilation=2)),
     "phase": (jconv.conv_transpose2d, (8, 4, 16, 8), (4, 3, 4, 4), dict(stride=2, padding=1)),
     "planes": (jconv.conv3d, (8, 4, 16, 8, 6), (6, 4, 3, 3, 3), dict(padding=1)),
+    "im2col": (jconv.conv2d, (8, 32, 16, 4), (6, 4, 3, 3), dict(padding=1, channels_last=True)),
     "pallas": (jconv.conv2d, (8, 4, 32, 16), (4, 1, 3, 3), dict(padding=1, groups=4)),
 }
 
