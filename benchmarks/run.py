@@ -308,11 +308,27 @@ def run(cases, quick: bool, progress=True) -> dict:
     device = jax.devices()[0]
     return {
         "date": datetime.date.today().isoformat(), "platform": platform_name,
-        "device": getattr(device, "device_kind", str(device)), "host_cpus": os.cpu_count(),
+        "device": getattr(device, "device_kind", str(device)), "host_cpus": os.cpu_count(), "host_cpu": host_cpu(),
         "machine": platform.platform(), "jax": jax.__version__, "torch": getattr(torch, "__version__", None),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "command": command_line(), "ceilings": ceilings, "rows": rows,
     }
+
+
+def host_cpu() -> str:
+    """The CPU model and its widest vector instructions (Linux), which decide how fast XLA's and torch's kernels
+    can be: two of this project's 2-core VMs measured 0.137 and 0.197 TFLOP/s float32 matmul, and torch's times
+    differed between them more than jconv's."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields = {key.strip(): value.strip() for key, value in
+              (line.split(":", 1) for line in info.splitlines() if ":" in line)}
+    model, flags = fields.get("model name", "unknown"), fields.get("flags", "").split()
+    vector = [f for f in ("avx2", "fma", "avx512f", "amx_tile") if f in flags]
+    return f"{model} ({', '.join(vector) or 'no avx2'}{'' if 'avx512f' in flags else '; no avx512'})"
 
 
 # Process-wide settings that change what is measured: XLA's own flags, and glibc malloc's (which decide whether
@@ -339,7 +355,8 @@ def markdown(report: dict) -> str:
         f"# jconv benchmark: {report['device']} ({report['platform']}), jax {report['jax']}, "
         f"torch {report['torch']}, {report['date']}",
         "",
-        f"Command: `{report['command']}`. Machine: {report['machine']}, {report['host_cpus']} CPUs.",
+        f"Command: `{report['command']}`. Machine: {report['machine']}, {report['host_cpus']} CPUs"
+        f"{', ' + report['host_cpu'] if report.get('host_cpu') else ''}.",
         f"Ceilings measured in the same run: copy {c['copy_GBps']:.1f} GB/s (read + write), "
         f"{c['matmul_dtype']} matmul {c['matmul_TFLOPs']:.3f} TFLOP/s.",
         "",

@@ -29,6 +29,7 @@ def test_benchmark_command_writes_json_markdown_and_plot(tmp_path):
         assert all(mb >= 0 for mb in row["fwd_bwd_temp_MB"].values()), row["fwd_bwd_temp_MB"]
     assert "vjp" in rows["dw_up_k4s2"]["times"]  # the transposed-conv alternative is timed beside phase
     assert report["ceilings"]["copy_GBps"] > 0 and report["ceilings"]["matmul_TFLOPs"] > 0
+    assert report["host_cpu"] and report["host_cpu"] in (tmp_path / "bench.md").read_text()
     assert report["command"].split(" python ")[0] == "XLA_FLAGS=--xla_cpu_enable_fast_math=false", report["command"]
     markdown = (tmp_path / "bench.md").read_text()
     assert "| resnet50_1x1 float32 NCHW | matmul |" in markdown
