@@ -263,50 +263,32 @@ def test_hypothesis_parity_float64(lowering):
     check()
 
 
-# Rules by which a lowering chooses between two forms by size; hypothesis draws mostly small shapes, so each form
-# is forced here, forward and gradients against torch (forcing a form where its rule would not take it also runs
-# autodiff through it).
-FORMS = {
+# Forms that hypothesis' small shapes would not reach, forced by setting a lowering module's attribute: rules by
+# which a lowering chooses between two forms by size (each form forced, also where the rule would not take it,
+# which runs autodiff through it), and im2col's chunk size (64 bytes: many chunks, a ragged last one, taps
+# reaching across chunk edges). Forward and gradients against torch.
+FORCED = {
     # one matmul per output phase plus shifted sums, or one conv per phase (ungrouped transposed convs)
-    "phase.matmul_forward": ("phase", dict(transposed=True, groups=st.just(1))),
+    "phase.matmul_forward=True": ("phase", lambda spec: True, dict(transposed=True, groups=st.just(1))),
+    "phase.matmul_forward=False": ("phase", lambda spec: False, dict(transposed=True, groups=st.just(1))),
     # channels-first: a batched matmul over samples, or one matmul over all of them
-    "matmul.per_sample": ("matmul", BIAS["matmul"]),
+    "matmul.per_sample=True": ("matmul", lambda spec: True, BIAS["matmul"]),
+    "matmul.per_sample=False": ("matmul", lambda spec: False, BIAS["matmul"]),
+    "im2col.CHUNK_BYTES=64": ("im2col", 64, BIAS["im2col"]),
 }
 
 
-@pytest.mark.parametrize("taken", [True, False], ids=["taken", "not_taken"])
-@pytest.mark.parametrize("rule", FORMS)
-def test_hypothesis_forced_forms_float64(rule, taken, monkeypatch):
-    module_name, predicate = rule.split(".")
-    module = importlib.import_module(f"jconv.lowerings.{module_name}")
-    lowering, bias = FORMS[rule]
-    monkeypatch.setattr(module, predicate, lambda spec: taken)
-    jax.clear_caches()  # no jaxpr traced under the other form may be reused
+@pytest.mark.parametrize("forced", FORCED)
+def test_hypothesis_forced_forms_float64(forced, monkeypatch):
+    module_name, name = forced.split("=")[0].split(".")
+    lowering, value, bias = FORCED[forced]
+    monkeypatch.setattr(importlib.import_module(f"jconv.lowerings.{module_name}"), name, value)
+    jax.clear_caches()  # no jaxpr traced under another form may be reused
 
     @given(case=cases(**bias), seed=st.integers(0, 2**16))
     def check(case, seed):
         assume(accepted(case, lowering))
         assert_parity(case, lowering, seed=seed)
-
-    try:
-        check()
-    finally:
-        jax.clear_caches()
-
-
-def test_hypothesis_im2col_in_many_chunks_float64(monkeypatch):
-    """im2col's weight gradient loops over chunks of rows on the flattened padded grid; hypothesis' shapes fit
-    in one chunk, so here chunks are a few rows (most shapes: many chunks, a ragged last one, taps reaching
-    across chunk, row and sample edges)."""
-    from jconv.lowerings import im2col
-
-    monkeypatch.setattr(im2col, "CHUNK_BYTES", 64)
-    jax.clear_caches()
-
-    @given(case=cases(**BIAS["im2col"]), seed=st.integers(0, 2**16))
-    def check(case, seed):
-        assume(accepted(case, "im2col"))
-        assert_parity(case, "im2col", seed=seed)
 
     try:
         check()
