@@ -55,10 +55,10 @@ def _transposed(spec: ConvSpec) -> bool:
     return spec.transposed
 
 
-def _wide_dense_2d_channels_last(spec: ConvSpec) -> bool:
-    """Dense 2-D channels-last convs with at least 256 columns per im2col row and 14x14 outputs per sample: where
-    im2col's chunked weight gradient measured faster than XLA's (the rule's numbers)."""
-    return (not spec.transposed and spec.groups == 1 and spec.channels_last and spec.ndim == 2
+def _wide_dense_2d(spec: ConvSpec) -> bool:
+    """Dense 2-D convs with at least 256 columns per im2col row and 14x14 outputs per sample: where im2col's
+    chunked weight gradient measured faster than XLA's (the rule's numbers)."""
+    return (not spec.transposed and spec.groups == 1 and spec.ndim == 2
             and math.prod(spec.kernel_size) * spec.in_channels >= 256 and math.prod(spec.out_spatial) >= 196)
 
 
@@ -83,12 +83,14 @@ RULES = (
     Rule("phase", ("cpu",), _transposed,
          "transposed on CPU: phase decomposition, no zeros, phases and gradients as matmuls; 8x64->32 28x28 k4 s2: "
          "lax 6.8 / 121, phase 3.4 / 9.7 (the VJP of the forward conv: 5.5 / 122)"),
-    Rule("im2col", ("cpu",), _wide_dense_2d_channels_last,
-         "dense 2-D channels-last at stride 1 on CPU (planes' 2-D convs among them): lax's forward and input "
-         "gradient, the weight gradient as chunked im2col matmuls; forward+backward, a development probe: "
-         "8x28x28x128 3x3 lax 59-79, im2col 40-49; 8x56x56x64 3x3 d4 93-120 / 64-80; 3-D U-Net's 1x32x32^3 "
-         "via planes 112-144 / 83-102. Slower, so left to xla: 1-D (4x8192x64 k3 d16 21-33 / 31-39), 3 or 16 "
-         "input channels (4x64x64x3 7x7 7.9-10 / 11-13), 7x7 outputs (32x7x7x512 195-317 / 235-370)"),
+    Rule("im2col", ("cpu",), _wide_dense_2d,
+         "dense 2-D at stride 1 on CPU (planes' 2-D convs among them): lax's forward and input gradient, the "
+         "weight gradient as chunked im2col matmuls; forward+backward, auto with and without this rule in one "
+         "process (benchmarks/run.py's harness): ResNet 3x3 8x64x56x56 70-118 / 109-146 (xla), 8x64x56x56 d4 "
+         "96-100 / 114-120, 8x128x28x28 56-62 / 81-83, 8x28x28x128 NHWC 53-54 / 76-78, 3-D U-Net 1x32x32^3 via "
+         "planes 136-142 / 164-192; 8x256x14x14 62-70 / 67-68. Slower in probes, so left to xla: 1-D (4x8192x64 "
+         "k3 d16 31-39 / 21-33), 3 or 16 input channels (4x64x64x3 7x7 11-13 / 7.9-10), 7x7 outputs (32x7x7x512 "
+         "235-370 / 195-317)"),
     Rule("xla", (), _always,
          "lax.conv_general_dilated: the fastest measured path for dense 1-D/2-D convs on CPU (dilated included: "
          "space-to-batch measured 33 / 168 against lax's 25 / 66 for 8x64x56x56 d4; padding that lengthens the "

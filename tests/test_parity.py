@@ -248,7 +248,7 @@ BIAS = {
     "dilated": dict(transposed=False, dilated=True),
     "phase": dict(transposed=True),
     "planes": dict(transposed=False, ndims=(3,)),
-    "im2col": dict(transposed=False, groups=st.just(1), channels_last=True, unit_stride=True),
+    "im2col": dict(transposed=False, groups=st.just(1), unit_stride=True),
     "pallas": dict(transposed=False, groups=st.integers(2, 4), depthwise=True),
 }
 
