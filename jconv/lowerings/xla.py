@@ -55,6 +55,8 @@ def padded_beforehand(spec: ConvSpec) -> tuple:
 
 
 def conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Array:
+    """The spec's conv as one lax.conv_general_dilated; `beforehand`: per spatial axis, (lo, hi) zeros padded
+    before the conv instead of folded into it."""
     if spec.transposed:  # the forward conv of the zero-stuffed input with the flipped, regrouped kernel
         w = transposed_weight_as_conv(spec, w)
         strides, padding, lhs_dilation = (1,) * spec.ndim, transposed_as_conv_padding(spec), spec.stride
