@@ -50,11 +50,22 @@ class LayerConfig:
     def init(self, key: jax.Array, param_dtype: Any):
         """PyTorch's reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-b, b) with b = 1/sqrt(fan_in), and
         the bias is U(-b, b) with the same b."""
-        bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
         w_key, b_key = jax.random.split(key)
-        weight = jax.random.uniform(w_key, self.weight_shape, param_dtype, -bound, bound)
-        bias = jax.random.uniform(b_key, (self.out_channels,), param_dtype, -bound, bound) if self.bias else None
+        weight = self.uniform(w_key, self.weight_shape, param_dtype)
+        bias = self.uniform(b_key, (self.out_channels,), param_dtype) if self.bias else None
         return weight, bias
+
+    def uniform(self, key: jax.Array, shape, dtype: Any) -> jax.Array:
+        """U(-b, b), b = 1/sqrt(fan_in); for a complex dtype the real and imaginary parts are drawn independently
+        from it, as torch's uniform_ does for complex parameters (nn.Conv2d(..., dtype=torch.cfloat))."""
+        bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
+        dtype = jnp.dtype(dtype)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            real_key, imag_key = jax.random.split(key)
+            part = jnp.finfo(dtype).dtype  # complex64 -> float32
+            return jax.lax.complex(jax.random.uniform(real_key, shape, part, -bound, bound),
+                                   jax.random.uniform(imag_key, shape, part, -bound, bound))
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     def apply(self, x, weight, bias, *, output_size=None, dtype=None, channels_last=False, precision=None,
               lowering="auto"):

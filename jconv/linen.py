@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
 from flax import linen
 
@@ -30,10 +29,8 @@ class _ConvBase(linen.Module):
 
     def _params(self):
         config = self._config()
-        bound = 1.0 / config.fan_in ** 0.5 if config.fan_in > 0 else 0.0
-        uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)  # PyTorch's init
-        weight = self.param("weight", uniform, config.weight_shape, self.param_dtype)
-        bias = self.param("bias", uniform, (config.out_channels,), self.param_dtype) if config.bias else None
+        weight = self.param("weight", config.uniform, config.weight_shape, self.param_dtype)  # PyTorch's init
+        bias = self.param("bias", config.uniform, (config.out_channels,), self.param_dtype) if config.bias else None
         return config, weight, bias
 
     def __repr__(self) -> str:

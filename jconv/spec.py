@@ -18,7 +18,8 @@ import numpy as np
 from jax import lax
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-SUPPORTED_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+# torch.nn.functional's floating-point and complex conv dtypes (its integer convs on CPU are not supported).
+SUPPORTED_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64, jnp.complex128)
 
 IntOrTuple = Union[int, Sequence[int]]
 Pads = Tuple[Tuple[int, int], ...]
@@ -178,7 +179,8 @@ def _check_dtype(op: str, name: str, dtype: Any) -> np.dtype:
     dtype = np.dtype(dtype)
     if not any(dtype == np.dtype(d) for d in SUPPORTED_DTYPES):
         raise TypeError(
-            f"{op}: {name} dtype must be one of float16, bfloat16, float32, float64, but got {dtype.name}"
+            f"{op}: {name} dtype must be one of {', '.join(np.dtype(d).name for d in SUPPORTED_DTYPES)}, but got "
+            f"{dtype.name}"
         )
     return dtype
 
@@ -309,6 +311,9 @@ def make_spec(
             raise TypeError(f"{op}: Input type ({in_dt.name}) and bias type ({b_dt.name}) should be the same")
     if preferred_element_type is not None:
         preferred_element_type = _check_dtype(op, "preferred_element_type", preferred_element_type)
+        if jnp.issubdtype(preferred_element_type, jnp.complexfloating) != jnp.issubdtype(in_dt, jnp.complexfloating):
+            raise TypeError(f"{op}: preferred_element_type={preferred_element_type.name} for a {in_dt.name} input: "
+                            f"expected a {'complex' if jnp.issubdtype(in_dt, jnp.complexfloating) else 'real'} dtype")
 
     # Scalar hyper-parameters.
     stride_t = int_tuple(op, "stride", stride, n)

@@ -33,9 +33,9 @@ def build_spec(case: Case, lowering: str, x, w, b):
     return jconv_fn(case).build_spec(to_layout(case, x), w, b, lowering=lowering, **case.jconv_kwargs())
 
 
-def accepted(case: Case, lowering: str) -> bool:
-    x, w, b = case.arrays()
-    spec = build_spec(case, lowering, jnp.asarray(x), jnp.asarray(w), None if b is None else jnp.asarray(b))
+def accepted(case: Case, lowering: str, dtype=jnp.float64) -> bool:
+    x, w, b = _as_jax(dtype, *case.arrays())
+    spec = build_spec(case, lowering, x, w, b)
     return dispatch.LOWERINGS[lowering].accepts(spec) is None if lowering != "auto" else True
 
 
@@ -75,22 +75,30 @@ def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype
         return (y, *vjp(cotangent.astype(y.dtype)))
 
     y, gx, gw, gb = (jax.jit(forward_and_grads) if jit else forward_and_grads)(*_as_jax(dtype, x, w, b, cotangent))
-    return tuple(None if a is None else np.asarray(a, np.float64) for a in (y, gx, gw, gb))
+    return tuple(None if a is None else np.asarray(a, np.complex128 if jnp.iscomplexobj(a) else np.float64)
+                 for a in (y, gx, gw, gb))
 
 
 def torch_and_jconv(case: Case, lowering: str, seed: int = 0, dtype=jnp.float64, jit=True):
     """Output and gradients (input, weight, bias) from torch in float64 and from jconv in `dtype`, for the case's
     arrays (`seed`) and a random cotangent: two 4-tuples of float64 NumPy arrays (None where there is no bias)."""
-    x, w, b = case.arrays(seed)
+    is_complex = jnp.issubdtype(dtype, jnp.complexfloating)
+    x, w, b = case.arrays(seed, complex_=is_complex)
     # Shape of the output from torch decides the cotangent.
     y_t, *_ = torch_forward_and_grads(case, x, w, b, np.zeros(1))
-    cot = np.random.default_rng(seed + 1).standard_normal(y_t.shape)
+    rng = np.random.default_rng(seed + 1)
+    cot = rng.standard_normal(y_t.shape) + (1j * rng.standard_normal(y_t.shape) if is_complex else 0)
     expected = torch_forward_and_grads(case, x, w, b, cot)
-    return expected, jconv_forward_and_grads(case, lowering, x, w, b, cot, dtype=dtype, jit=jit)
+    if not is_complex:
+        return expected, jconv_forward_and_grads(case, lowering, x, w, b, cot, dtype=dtype, jit=jit)
+    # torch's loss is re(sum(y * conj(cot))). JAX's gradient of it is the VJP of conj(cot), and the conjugate
+    # of torch's .grad (PyTorch reports the conjugate Wirtinger derivative: for |z|^2, torch 2z, jax.grad 2 conj(z)).
+    y, *grads = jconv_forward_and_grads(case, lowering, x, w, b, np.conj(cot), dtype=dtype, jit=jit)
+    return expected, (y, *(None if g is None else np.conj(g) for g in grads))
 
 
-def assert_parity(case: Case, lowering: str, seed: int = 0, rtol=1e-9, atol=1e-9, jit=True):
-    expected, got = torch_and_jconv(case, lowering, seed, jit=jit)
+def assert_parity(case: Case, lowering: str, seed: int = 0, rtol=1e-9, atol=1e-9, jit=True, dtype=jnp.float64):
+    expected, got = torch_and_jconv(case, lowering, seed, dtype=dtype, jit=jit)
     for name, e, g in zip(("output", "grad_input", "grad_weight", "grad_bias"), expected, got):
         if e is None:
             assert g is None

@@ -51,11 +51,13 @@ class Case:
             return (self.in_channels, self.out_channels // self.groups, *self.kernel)
         return (self.out_channels, self.in_channels // self.groups, *self.kernel)
 
-    def arrays(self, seed: int = 0):
+    def arrays(self, seed: int = 0, complex_: bool = False):
         rng = np.random.default_rng(seed)
-        x = rng.standard_normal((self.batch, self.in_channels, *self.spatial))
-        w = rng.standard_normal(self.weight_shape)
-        b = rng.standard_normal(self.out_channels) if self.bias else None
+        draw = (lambda shape: rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) if complex_ else \
+            rng.standard_normal
+        x = draw((self.batch, self.in_channels, *self.spatial))
+        w = draw(self.weight_shape)
+        b = draw(self.out_channels) if self.bias else None
         return x, w, b
 
     def jconv_kwargs(self):
@@ -69,7 +71,8 @@ class Case:
 
 
 def torch_forward_and_grads(case: Case, x, w, b, cotangent):
-    """torch's output and the gradients of sum(output * cotangent) w.r.t. x, w, b (float64)."""
+    """torch's output and the gradients of re(sum(output * conj(cotangent))) w.r.t. x, w, b (float64 or
+    complex128): sum(output * cotangent) for real arrays."""
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)
     bt = None if b is None else torch.tensor(b, requires_grad=True)
@@ -87,7 +90,7 @@ def torch_forward_and_grads(case: Case, x, w, b, cotangent):
             padding = 0
         y = getattr(F, f"conv{case.n}d")(xin, wt, bt, stride=case.stride, padding=padding,
                                           dilation=case.dilation, groups=case.groups)
-    (y * torch.tensor(cotangent)).sum().backward()
+    (y * torch.tensor(cotangent).conj()).real.sum().backward()
     return (y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), None if bt is None else bt.grad.numpy())
 
 

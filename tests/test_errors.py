@@ -86,7 +86,11 @@ CONV_ERRORS = [
     ("bias dtype", lambda: jconv.conv2d(x4, w2, z(6, dtype=jnp.bfloat16), groups=2), TypeError,
      r"Input type \(float32\) and bias type \(bfloat16\) should be the same"),
     ("integer input", lambda: jconv.conv2d(x4.astype(jnp.int32), w2.astype(jnp.int32), groups=2), TypeError,
-     r"conv2d: input dtype must be one of float16, bfloat16, float32, float64, but got int32"),
+     r"conv2d: input dtype must be one of float16, bfloat16, float32, float64, complex64, complex128, but got "
+     r"int32"),
+    ("real preferred type, complex input", lambda: jconv.conv2d(x4.astype(jnp.complex64), w2.astype(jnp.complex64),
+                                                                groups=2, preferred_element_type=jnp.float32),
+     TypeError, r"conv2d: preferred_element_type=float32 for a complex64 input: expected a complex dtype"),
     ("float stride", lambda: jconv.conv2d(x4, w2, groups=2, stride=1.5), TypeError,
      r"conv2d: stride must be an int or a tuple of ints, but got 1.5"),
     ("float in padding tuple", lambda: jconv.conv2d(x4, w2, groups=2, padding=(1, 0.5)), TypeError,

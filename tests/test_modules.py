@@ -101,6 +101,30 @@ def test_init_matches_pytorchs_distribution(name, kwargs):
     assert np.abs(np.asarray(params["bias"])).max() <= bound
 
 
+def test_complex_modules_init_as_torch_and_match_it():
+    """torch.nn.Conv2d(..., dtype=torch.cfloat) draws the real and imaginary parts each from U(-b, b); loaded
+    into jconv's modules, a complex state_dict gives torch's output."""
+    kwargs = dict(in_channels=4, out_channels=16, kernel_size=3, groups=2)
+    bound = 1 / np.sqrt(2 * 9)
+    weights = [getattr(jn.Conv2d(**kwargs, param_dtype=jnp.complex64, rngs=nnx.Rngs(0)), "weight")[...],
+               jl.Conv2d(**kwargs, param_dtype=jnp.complex64).init(
+                   jax.random.PRNGKey(0), jnp.zeros((1, 4, 9, 9), jnp.complex64))["params"]["weight"]]
+    for w in map(np.asarray, weights):
+        assert w.dtype == np.complex64 and w.shape == (16, 2, 3, 3)
+        for part in (w.real, w.imag):
+            assert np.abs(part).max() <= bound and np.abs(part).max() > 0.9 * bound
+        assert abs(np.corrcoef(w.real.ravel(), w.imag.ravel())[0, 1]) < 0.3  # independent parts, not one draw
+
+    torch.manual_seed(0)
+    ref_layer = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2, dtype=torch.cdouble)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 5)) + 1j * rng.standard_normal((2, 4, 5, 5))
+    layer = jn.ConvTranspose2d(4, 6, 3, stride=2, groups=2, param_dtype=jnp.complex128, rngs=nnx.Rngs(0))
+    layer.load_state_dict(ref_layer.state_dict())
+    np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), ref_layer(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-10, atol=1e-10)
+
+
 def test_state_dict_round_trip_is_bit_exact_and_strict_errors():
     a = jn.Conv2d(3, 4, 3, rngs=nnx.Rngs(0))
     b = jn.Conv2d(3, 4, 3, rngs=nnx.Rngs(1))

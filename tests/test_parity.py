@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jconv
-from parity import accepted, assert_parity, build_spec, jconv_forward
+from parity import accepted, assert_parity, build_spec, jconv_forward, torch_and_jconv
 from references import Case, numpy_conv, numpy_conv_transpose, resolve_pads, torch_forward_and_grads
 
 LOWERINGS = ("auto",) + jconv.LOWERING_NAMES
@@ -294,6 +294,38 @@ def test_hypothesis_forced_forms_float64(forced, monkeypatch):
         check()
     finally:
         jax.clear_caches()
+
+
+# Complex convolutions, as torch.nn.functional takes them: forward and gradients against torch in complex128, for
+# every lowering that accepts complex arrays (all but pallas, whose refusal is tested below). Fewer examples than the float64 parity above: the
+# lowerings have no complex-specific code, so these guard that the dtype passes through each of them, that no
+# derivative rule drops a conjugate, and the gradient convention (parity.torch_and_jconv).
+@pytest.mark.parametrize("lowering", [name for name in LOWERINGS if name != "pallas"])  # refuses: test below
+def test_hypothesis_complex_parity(lowering):
+    @settings(max_examples=8)
+    @given(case=cases(**BIAS.get(lowering, {})), seed=st.integers(0, 2**16))
+    def check(case, seed):
+        assume(accepted(case, lowering, jnp.complex128))
+        assert_parity(case, lowering, seed=seed, dtype=jnp.complex128)
+
+    check()
+
+
+def test_pallas_refuses_complex_and_auto_takes_another_lowering():
+    x, w = jnp.zeros((2, 4, 8, 8), jnp.complex64), jnp.zeros((4, 1, 3, 3), jnp.complex64)
+    with pytest.raises(ValueError, match="lowering='pallas' cannot handle this convolution: the kernels take real "
+                                         "dtypes, but got complex64"):
+        jconv.conv2d(x, w, groups=4, lowering="pallas")
+    assert jconv.explain(jconv.conv2d, x, w, groups=4).lowering != "pallas"
+
+
+@pytest.mark.parametrize("case", [c for c in GRID if c.n == 2][::4], ids=_case_id)
+def test_complex64_matches_torch(case):
+    """complex64 through auto against torch's complex128, at float32's precision."""
+    expected, got = torch_and_jconv(case, "auto", dtype=jnp.complex64)
+    for name, e, g in zip(("output", "grad_input", "grad_weight", "grad_bias"), expected, got):
+        if e is not None:
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
 
 
 @given(case=cases(), seed=st.integers(0, 100))

@@ -6,12 +6,14 @@ to 4, dilations up to 5, ragged batches of 9, channel multipliers, all padding m
 unbatched) for as long as it is given, and checks output and gradients (input, weight, bias) of `auto` and of
 every lowering that accepts the configuration with tests/parity.py's assert_parity.
 
-    python tests/scripts/fuzz_parity.py [--seed S] [--seconds T] [--dtype bfloat16|float16]
+    python tests/scripts/fuzz_parity.py [--seed S] [--seconds T] [--dtype complex128|bfloat16|float16]
 
-With --dtype, jconv runs in that type on the same arrays and each result (output, gradients) must be within
-HALF_TOLERANCE of torch's float64 one, relative to its largest magnitude (the inputs are rounded too, so exact
-agreement is not expected); `--dtype float16 --seed 1` found bias gradients summed in float16 (2.3% off, now
-summed in float32). Prints each failure and a summary line; exits 1 if anything failed.
+`--dtype complex128` draws complex arrays and holds every result to float64's tolerance against torch's
+complex128 (`accepted` then asks each lowering about the complex spec). With a half --dtype, jconv runs in that
+type on the same arrays and each result (output, gradients) must be within HALF_TOLERANCE of torch's float64 one,
+relative to its largest magnitude (the inputs are rounded too, so exact agreement is not expected);
+`--dtype float16 --seed 1` found bias gradients summed in float16 (2.3% off, now summed in
+float32). Prints each failure and a summary line; exits 1 if anything failed.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=600)
-    parser.add_argument("--dtype", choices=["float64", *HALF_TOLERANCE], default="float64")
+    parser.add_argument("--dtype", choices=["float64", "complex128", *HALF_TOLERANCE], default="float64")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # torch's note on 'same' with even kernels
     rng = random.Random(args.seed)
@@ -124,10 +126,12 @@ def main() -> int:
         case = random_case(rng)
         for lowering in ("auto", *dispatch.LOWERING_NAMES):
             try:
-                if (lowering != "auto" and not accepted(case, lowering)) or crashes_xla(case, lowering):
+                exact = args.dtype in ("float64", "complex128")
+                dtype = jnp.dtype(args.dtype) if exact else jnp.float64
+                if (lowering != "auto" and not accepted(case, lowering, dtype)) or crashes_xla(case, lowering):
                     continue
-                if args.dtype == "float64":
-                    assert_parity(case, lowering, seed=checks)
+                if exact:
+                    assert_parity(case, lowering, seed=checks, dtype=dtype)
                 else:
                     assert_half_parity(case, lowering, args.dtype, seed=checks)
             except Exception as e:  # report and go on: one run should show every failing configuration

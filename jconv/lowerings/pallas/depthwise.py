@@ -199,6 +199,8 @@ def accepts(spec: ConvSpec):
         return f"needs a depthwise conv (groups == in_channels), but in_channels/groups = {spec.in_per_group}"
     if spec.ndim == 3:
         return "3-D depthwise convolutions are not implemented as Pallas kernels"
+    if jnp.issubdtype(spec.dtype, jnp.complexfloating):
+        return f"the kernels take real dtypes, but got {spec.dtype.name}"
     return None
 
 
