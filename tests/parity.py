@@ -81,7 +81,8 @@ def jconv_forward_and_grads(case: Case, lowering: str, x, w, b, cotangent, dtype
 
 def torch_and_jconv(case: Case, lowering: str, seed: int = 0, dtype=jnp.float64, jit=True):
     """Output and gradients (input, weight, bias) from torch in float64 and from jconv in `dtype`, for the case's
-    arrays (`seed`) and a random cotangent: two 4-tuples of float64 NumPy arrays (None where there is no bias)."""
+    arrays (`seed`) and a random cotangent: two 4-tuples of float64 NumPy arrays (complex128 for a complex `dtype`;
+    None where there is no bias)."""
     is_complex = jnp.issubdtype(dtype, jnp.complexfloating)
     x, w, b = case.arrays(seed, complex_=is_complex)
     # Shape of the output from torch decides the cotangent.
