@@ -183,8 +183,10 @@ def to_numpy(value: Any) -> np.ndarray:
 
 
 def check_state_dict(name: str, mapping: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]],
-                     strict: bool) -> dict:
-    """Keys and shapes as torch's load_state_dict checks them; returns {key: np.ndarray} for known keys."""
+                     strict: bool, param_dtype: Any) -> dict:
+    """Keys and shapes as torch's load_state_dict checks them; returns {key: np.ndarray} for known keys.
+
+    A complex array for real parameters is refused: the cast would drop its imaginary part (torch only warns)."""
     if not isinstance(mapping, Mapping):
         raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, but got "
                         f"{type(mapping).__name__}")
@@ -206,6 +208,11 @@ def check_state_dict(name: str, mapping: Mapping[str, Any], expected: Mapping[st
             raise ValueError(
                 f"Error(s) in loading state_dict for {name}: size mismatch for {key}: copying a param with shape "
                 f"{tuple(array.shape)} from checkpoint, the shape in current model is {tuple(shape)}.")
+        if np.iscomplexobj(array) and not jnp.issubdtype(param_dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{name}.load_state_dict: {key} is {array.dtype.name}, but the module's param_dtype is "
+                f"{jnp.dtype(param_dtype).name}, which would drop its imaginary part; build the module with a complex "
+                f"param_dtype (e.g. param_dtype=jnp.complex64)")
         arrays[key] = array
     return arrays
 
@@ -214,7 +221,8 @@ TORCH_CLASSES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose
 
 
 def torch_module_arguments(module: Any) -> Tuple[str, dict]:
-    """(class name, constructor arguments) of a torch.nn conv module, read from its attributes."""
+    """(class name, constructor arguments) of a torch.nn conv module, read from its attributes; param_dtype too
+    where its weight is complex."""
     cls = type(module).__name__
     if cls not in TORCH_CLASSES:
         raise TypeError(f"from_torch: expected one of torch.nn.{', '.join(TORCH_CLASSES)}, but got {cls}")
@@ -224,4 +232,6 @@ def torch_module_arguments(module: Any) -> Tuple[str, dict]:
                 bias=module.bias is not None, padding_mode=module.padding_mode)
     if cls.startswith("ConvTranspose"):
         args["output_padding"] = tuple(module.output_padding)
+    if module.weight.is_complex():  # a complex module keeps complex parameters (complex64, as float32 for real)
+        args["param_dtype"] = jnp.complex64
     return cls, args

@@ -128,7 +128,7 @@ def params_from_state_dict(module: _ConvBase, state_dict: Mapping[str, Any], str
     expected = {"weight": config.weight_shape}
     if config.bias:
         expected["bias"] = (config.out_channels,)
-    arrays = check_state_dict(config.name, state_dict, expected, strict)
+    arrays = check_state_dict(config.name, state_dict, expected, strict, module.param_dtype)
     return {k: jnp.asarray(v, module.param_dtype) for k, v in arrays.items()}
 
 
@@ -142,5 +142,5 @@ def state_dict(params: Mapping[str, Any]) -> dict:
 def from_torch(module: Any, **options):
     """(jconv.linen module, params) equivalent to a torch.nn conv module."""
     name, args = torch_module_arguments(module)
-    layer = _CLASSES[name](**args, **options)
+    layer = _CLASSES[name](**{**args, **options})  # the caller's options override (param_dtype)
     return layer, params_from_state_dict(layer, module.state_dict())

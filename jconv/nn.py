@@ -66,7 +66,7 @@ class _ConvBase(nnx.Module):
         expected = {"weight": self.config.weight_shape}
         if self.bias is not None:
             expected["bias"] = (self.config.out_channels,)
-        arrays = check_state_dict(self.config.name, state_dict, expected, strict)
+        arrays = check_state_dict(self.config.name, state_dict, expected, strict, self.weight[...].dtype)
         if "weight" in arrays:
             self.weight[...] = jnp.asarray(arrays["weight"], self.weight[...].dtype)
         if "bias" in arrays:
@@ -78,7 +78,8 @@ class _ConvBase(nnx.Module):
         name, args = torch_module_arguments(module)
         if name != cls.__name__ and cls.__name__ in _CLASSES:
             raise TypeError(f"{cls.__name__}.from_torch: expected a torch.nn.{cls.__name__}, but got {name}")
-        layer = _CLASSES[name](**args, rngs=options.pop("rngs", None) or nnx.Rngs(0), **options)
+        rngs = options.pop("rngs", None) or nnx.Rngs(0)
+        layer = _CLASSES[name](**{**args, **options}, rngs=rngs)  # the caller's options override (param_dtype)
         layer.load_state_dict(module.state_dict())
         return layer
 

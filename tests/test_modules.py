@@ -125,6 +125,26 @@ def test_complex_modules_init_as_torch_and_match_it():
                                rtol=1e-10, atol=1e-10)
 
 
+def test_complex_state_dicts_need_complex_parameters():
+    """from_torch keeps a complex module complex (complex64, as it gives float32 for real ones); loading a complex
+    state_dict into real parameters is refused instead of dropping the imaginary part."""
+    ref_layer = torch.nn.Conv1d(2, 4, 3, dtype=torch.cfloat)
+    x = np.random.default_rng(0).standard_normal((2, 2, 9)) * (1 + 1j)
+    expected = ref_layer(torch.tensor(x, dtype=torch.cfloat)).detach().numpy()
+    layer = jn.from_torch(ref_layer)
+    module, params = jl.from_torch(ref_layer)
+    assert layer.weight[...].dtype == params["weight"].dtype == jnp.complex64
+    for y in (layer(jnp.asarray(x, jnp.complex64)), module.apply({"params": params}, jnp.asarray(x, jnp.complex64))):
+        np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
+    assert jn.from_torch(ref_layer, param_dtype=jnp.complex128).weight[...].dtype == jnp.complex128
+    message = ("Conv1d.load_state_dict: weight is complex64, but the module's param_dtype is float32, which would "
+               "drop its imaginary part")
+    with pytest.raises(TypeError, match=message):
+        jn.Conv1d(2, 4, 3, rngs=nnx.Rngs(0)).load_state_dict(ref_layer.state_dict())
+    with pytest.raises(TypeError, match=message):
+        jl.params_from_state_dict(jl.Conv1d(2, 4, 3), ref_layer.state_dict())
+
+
 def test_state_dict_round_trip_is_bit_exact_and_strict_errors():
     a = jn.Conv2d(3, 4, 3, rngs=nnx.Rngs(0))
     b = jn.Conv2d(3, 4, 3, rngs=nnx.Rngs(1))
