@@ -311,9 +311,10 @@ def make_spec(
             raise TypeError(f"{op}: Input type ({in_dt.name}) and bias type ({b_dt.name}) should be the same")
     if preferred_element_type is not None:
         preferred_element_type = _check_dtype(op, "preferred_element_type", preferred_element_type)
-        if jnp.issubdtype(preferred_element_type, jnp.complexfloating) != jnp.issubdtype(in_dt, jnp.complexfloating):
+        complex_input = jnp.issubdtype(in_dt, jnp.complexfloating)
+        if jnp.issubdtype(preferred_element_type, jnp.complexfloating) != complex_input:
             raise TypeError(f"{op}: preferred_element_type={preferred_element_type.name} for a {in_dt.name} input: "
-                            f"expected a {'complex' if jnp.issubdtype(in_dt, jnp.complexfloating) else 'real'} dtype")
+                            f"expected a {'complex' if complex_input else 'real'} dtype")
 
     # Scalar hyper-parameters.
     stride_t = int_tuple(op, "stride", stride, n)

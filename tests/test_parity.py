@@ -297,9 +297,10 @@ def test_hypothesis_forced_forms_float64(forced, monkeypatch):
 
 
 # Complex convolutions, as torch.nn.functional takes them: forward and gradients against torch in complex128, for
-# every lowering that accepts complex arrays (all but pallas, whose refusal is tested below). Fewer examples than the float64 parity above: the
-# lowerings have no complex-specific code, so these guard that the dtype passes through each of them, that no
-# derivative rule drops a conjugate, and the gradient convention (parity.torch_and_jconv).
+# every lowering that accepts complex arrays (all but pallas, whose refusal is tested below). Fewer examples than
+# the float64 parity above: the lowerings have no complex-specific code, so these guard that the dtype passes
+# through each of them, that no derivative rule drops a conjugate, and the gradient convention
+# (parity.torch_and_jconv).
 @pytest.mark.parametrize("lowering", [name for name in LOWERINGS if name != "pallas"])  # refuses: test below
 def test_hypothesis_complex_parity(lowering):
     @settings(max_examples=8)

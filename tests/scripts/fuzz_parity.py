@@ -121,13 +121,13 @@ def main() -> int:
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # torch's note on 'same' with even kernels
     rng = random.Random(args.seed)
+    exact = args.dtype in ("float64", "complex128")  # else a half type, within HALF_TOLERANCE
+    dtype = jnp.dtype(args.dtype) if exact else jnp.float64  # the dtype the lowerings are asked to accept
     started, checks, failures = time.perf_counter(), 0, 0
     while time.perf_counter() - started < args.seconds:
         case = random_case(rng)
         for lowering in ("auto", *dispatch.LOWERING_NAMES):
             try:
-                exact = args.dtype in ("float64", "complex128")
-                dtype = jnp.dtype(args.dtype) if exact else jnp.float64
                 if (lowering != "auto" and not accepted(case, lowering, dtype)) or crashes_xla(case, lowering):
                     continue
                 if exact:
