@@ -13,10 +13,9 @@ import pytest
 
 import jconv
 
-# One worker runs this whole module under pytest-xdist, and the fixture below is session-scoped, so the sharded
-# script runs once: a module-scoped one was torn down and run again (46 s each time) whenever the worker ran
-# another module's tests between this module's.
-pytestmark = pytest.mark.xdist_group("sharding")
+# conftest.ONE_WORKER_MODULES runs this whole module on one pytest-xdist worker, and the fixture below is
+# session-scoped, so the sharded script runs once (a module-scoped one was torn down and run again whenever the
+# worker ran another module's tests between this module's).
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "sharded_check.py")
 UPSTREAM_REPRO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "gspmd_strided_conv_grad.py")

@@ -52,6 +52,12 @@ def accepts(spec: ConvSpec):
     return None
 
 
+def tap_landings(k: int, s: int, d: int, p: int) -> Tuple[Tuple[int, int], ...]:
+    """Per kernel tap t: (phase c, shift). Input i under tap t lands on output position i*s - p + t*d, which is
+    position v = i + shift of phase c."""
+    return tuple(divmod(t * d - p, s)[::-1] for t in range(k))
+
+
 def axis_phases(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Optional[AxisPhase], ...]:
     """Per output phase c: which taps, dilation and input window make it an ordinary conv (None: all zeros).
 
@@ -59,17 +65,16 @@ def axis_phases(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Op
     positions are real values of the transposed conv beyond the output and are cropped afterwards.
     """
     n = _phase_length(out, s)
+    landings = tap_landings(k, s, d, p)
     phases = []
     for c in range(s):
-        r = (c + p) % s
-        q0 = (c + p - r) // s
-        taps = [t for t in range(k) if (t * d) % s == r]
+        taps = [t for t in range(k) if landings[t][0] == c]
         if not taps:
             phases.append(None)
             continue
-        offsets = [(t * d - r) // s for t in taps]  # input index = q0 + v - offset
-        sub_dilation = offsets[1] - offsets[0] if len(taps) > 1 else 1
-        first = q0 - offsets[-1]  # input index read by the first tap of the reversed sub-kernel at v = 0
+        shifts = [landings[t][1] for t in taps]  # position v of the phase reads input v - shift
+        sub_dilation = shifts[1] - shifts[0] if len(taps) > 1 else 1
+        first = -shifts[-1]  # input index read by the first tap of the reversed sub-kernel at v = 0
         last = n - 1 + first + (len(taps) - 1) * sub_dilation
         start, stop = max(0, first), min(size, last + 1)
         if stop <= start:
@@ -184,12 +189,10 @@ class TapPlacement(NamedTuple):
 
 
 def axis_tap_placements(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Tuple[TapPlacement, ...], ...]:
-    """Per output phase c: the taps that land on it and where (input i, tap t -> position i*s - p + t*d)."""
+    """Per output phase c: the taps that land on it (tap_landings) and the input window each one covers."""
     n = _phase_length(out, s)
     phases = [[] for _ in range(s)]
-    for t in range(k):
-        offset = t * d - p
-        c, shift = offset % s, offset // s  # phase c, position v = i + shift within it
+    for t, (c, shift) in enumerate(tap_landings(k, s, d, p)):
         start, stop = max(0, -shift), min(size, n - shift)
         if stop > start:
             phases[c].append(TapPlacement(t, start, stop, (start + shift, n - stop - shift)))
