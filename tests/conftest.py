@@ -29,6 +29,7 @@ def pytest_configure(config):
 ONE_WORKER_MODULES = ("tests/test_sharding.py", "tests/test_determinism.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown where xdist is not installed or disabled
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
         return None  # xdist's own scheduler
