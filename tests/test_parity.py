@@ -5,6 +5,8 @@ A new lowering registered in jconv.dispatch.LOWERINGS joins these tests automati
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import importlib
 import math
 
@@ -109,9 +111,9 @@ GRID = _grid()
 
 
 def _eager_auto_cases():
-    """The 1-D and 2-D cases on which auto runs eagerly: alternate ones, shifted by one between 1-D and 2-D, whose
-    lists start with the same kinds of case, so each of those kinds runs eagerly in one of the two (eager auto was
-    a third of the whole suite's time when it ran on all of them)."""
+    """The 1-D and 2-D cases on which auto runs eagerly: alternate ones, shifted by one between 1-D and 2-D, so
+    that each kind of case the grid lists in both runs eagerly in exactly one of them (a test below checks it;
+    eager auto was a third of the whole suite's time when it ran on all of them)."""
     eager = []
     for n in (1, 2):
         eager += [c for i, c in enumerate(c for c in GRID if c.n == n) if (i + n) % 2 == 0]
@@ -139,6 +141,16 @@ def test_grid_parity_float64(case, lowering):
     # its backward compiled separately), and jitted elsewhere: eager calls differ from jitted ones only in how the
     # programs are split (eagerly the 3-D cases took 115 s against 28 s as one program).
     assert_parity(case, lowering, jit=not (lowering == "auto" and case in EAGER_AUTO_CASES))
+
+
+def test_eager_auto_runs_each_kind_of_1d_and_2d_case_once():
+    def kind(c):  # a case without its dimension: per-axis tuples by their first entry
+        first = lambda v: v[0] if isinstance(v, tuple) else v
+        return tuple(first(getattr(c, f.name)) for f in dataclasses.fields(c) if f.name not in ("n", "spatial"))
+
+    both = {kind(c) for c in GRID if c.n == 1} & {kind(c) for c in GRID if c.n == 2}
+    eager = collections.Counter(kind(c) for c in EAGER_AUTO_CASES)
+    assert len(both) >= 20 and all(eager[k] == 1 for k in both), {k: eager[k] for k in both}
 
 
 def test_grid_covers_every_form_of_the_taps_lowering():
