@@ -84,6 +84,16 @@ def accumulation_dtype(spec: ConvSpec):
     return jnp.promote_types(spec.dtype, jnp.float32)
 
 
+def materialized(a: jax.Array) -> jax.Array:
+    """a, computed into a buffer of its own instead of fused into each of its consumers.
+
+    XLA fuses a cheap producer, such as a transpose, into the loops that read it, which then read its operand in
+    the producer's index order (strided); optimization barriers are removed before fusion on CPU. A scatter is
+    not fused into its consumers, so writing every row of `a` with one (distinct, in-bounds indices, hence
+    exactly `a`; differentiable, vmappable) leaves `a` materialized in its own layout."""
+    return jnp.zeros_like(a).at[jnp.arange(a.shape[0])].set(a, indices_are_sorted=True, unique_indices=True)
+
+
 def output_dtype(spec: ConvSpec):
     return spec.preferred_element_type or spec.dtype
 
