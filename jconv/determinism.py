@@ -158,10 +158,17 @@ def deterministic_jit(fun: Callable = None, **jit_kwargs: Any):
 
 
 def _enable_from_env() -> None:
-    """JCONV_DETERMINISTIC=1 (or true/yes) enables the mode at import; 'warn' enables it with warn_only."""
+    """JCONV_DETERMINISTIC=1 (or true/yes) enables the mode at import; 'warn' enables it with warn_only.
+
+    A setting that cannot be honoured (an unknown value, or JAX's backend already started) warns instead of
+    raising: an exception here would make jconv unimportable, and with it the call that turns the mode off."""
     value = os.environ.get(ENV_VAR, "").strip().lower()
     if value in ("", "0", "false", "no"):
         return
     if value not in ("1", "true", "yes", "warn"):
-        raise ValueError(f"{ENV_VAR} must be 1/true/yes, warn, or 0/false/no, but got {os.environ[ENV_VAR]!r}")
-    use_deterministic_algorithms(True, warn_only=value == "warn")
+        warnings.warn(f"{ENV_VAR}={os.environ[ENV_VAR]!r} is ignored: expected 1/true/yes, warn, or 0/false/no",
+                      RuntimeWarning, stacklevel=3)
+        return
+    # warn_only here makes a late setting warn (and still restrict dispatch) instead of raising.
+    use_deterministic_algorithms(True, warn_only=True)
+    _state["warn_only"] = value == "warn"

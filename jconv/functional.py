@@ -14,18 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from jconv import dispatch
+from jconv.arrays import as_jax
 from jconv.lowerings.common import channel_axis
 from jconv.padding import apply_padding_mode
 from jconv.spec import ConvSpec, make_spec
-
-
-def _as_array(op: str, name: str, value: Any) -> jax.Array:
-    if isinstance(value, jax.Array) or hasattr(value, "aval"):
-        return value
-    try:
-        return jnp.asarray(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{op}: {name} must be an array, but got {type(value).__name__}: {e}") from e
 
 
 def _explicitly_sharded_axes(a) -> tuple:
@@ -152,9 +144,9 @@ def _make_conv(n: int):
 
     def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
              channels_last=False, precision=None, preferred_element_type=None, lowering="auto"):
-        x = _as_array(op, "input", input)
-        w = _as_array(op, "weight", weight)
-        b = None if bias is None else _as_array(op, "bias", bias)
+        x = as_jax(op, "input", input)
+        w = as_jax(op, "weight", weight)
+        b = None if bias is None else as_jax(op, "bias", bias)
         spec = build_spec(x, w, b, stride, padding, dilation, groups, padding_mode=padding_mode,
                           channels_last=channels_last, precision=precision,
                           preferred_element_type=preferred_element_type, lowering=lowering)
@@ -181,9 +173,9 @@ def _make_conv_transpose(n: int):
     def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
                        output_size=None, channels_last=False, precision=None, preferred_element_type=None,
                        lowering="auto"):
-        x = _as_array(op, "input", input)
-        w = _as_array(op, "weight", weight)
-        b = None if bias is None else _as_array(op, "bias", bias)
+        x = as_jax(op, "input", input)
+        w = as_jax(op, "weight", weight)
+        b = None if bias is None else as_jax(op, "bias", bias)
         spec = build_spec(x, w, b, stride, padding, output_padding, groups, dilation, output_size=output_size,
                           channels_last=channels_last, precision=precision,
                           preferred_element_type=preferred_element_type, lowering=lowering)

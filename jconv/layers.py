@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jconv import functional
-from jconv.spec import PADDING_MODES, int_tuple
+from jconv.arrays import is_numeric, to_numpy
+from jconv.spec import PADDING_MODES, SUPPORTED_DTYPES, check_lowering, check_precision, int_tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,19 +168,39 @@ def make_config(name: str, ndim: int, transposed: bool, in_channels, out_channel
                        dilation_t, int(groups), bool(bias), padding_mode, output_padding_t)
 
 
+def canonical_dtype(name: str, arg: str, value: Any, *, allow_none: bool) -> Any:
+    """A module's dtype argument as a NumPy dtype (torch dtypes such as torch.float16 included), checked now:
+    a bad one would otherwise fail at the first call, or in repr."""
+    if value is None and allow_none:
+        return None
+    if value is None:  # jnp.dtype(None) would be float64
+        raise TypeError(f"{name}: {arg} must be a floating-point or complex dtype, but got None")
+    text = str(value)
+    if text.startswith("torch."):  # torch.float16 -> "float16", without importing torch
+        value = text[len("torch."):]
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as e:
+        raise TypeError(f"{name}: {arg} must be a floating-point or complex dtype{' or None' if allow_none else ''}, "
+                        f"but got {value!r}") from e
+    if not any(dtype == jnp.dtype(d) for d in SUPPORTED_DTYPES):
+        raise TypeError(f"{name}: {arg} must be one of {', '.join(jnp.dtype(d).name for d in SUPPORTED_DTYPES)}, "
+                        f"but got {dtype.name}")
+    return dtype
+
+
+def check_options(name: str, *, dtype, param_dtype, channels_last, precision, lowering) -> dict:
+    """jconv's own module arguments, validated eagerly (the constructor raises, not the first call) and made
+    canonical: the same checks and messages as the functional API's, prefixed by the class name."""
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise TypeError(f"{name}: channels_last must be a bool, but got {channels_last!r}")
+    return dict(dtype=canonical_dtype(name, "dtype", dtype, allow_none=True),
+                param_dtype=canonical_dtype(name, "param_dtype", param_dtype, allow_none=False),
+                channels_last=bool(channels_last), precision=check_precision(name, precision),
+                lowering=check_lowering(name, lowering))
+
+
 # --- state_dict interop, shared by the modules ----------------------------------------------------------------
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """NumPy arrays, JAX arrays, torch tensors (without importing torch), anything with __array__."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu()
-        if str(getattr(value, "dtype", "")) == "torch.bfloat16":  # NumPy has no bfloat16 of torch's
-            return np.asarray(jnp.asarray(value.float().numpy(), jnp.bfloat16))
-        return value.numpy()
-    if hasattr(value, "numpy") and not isinstance(value, (np.ndarray, jax.Array)):
-        return np.asarray(value.numpy())
-    return np.asarray(value)
 
 
 def check_state_dict(name: str, mapping: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]],
@@ -204,6 +225,9 @@ def check_state_dict(name: str, mapping: Mapping[str, Any], expected: Mapping[st
         if key not in mapping:
             continue
         array = to_numpy(mapping[key])
+        if not is_numeric(array):
+            raise TypeError(f"Error(s) in loading state_dict for {name}: {key} must be a numeric array or tensor, but "
+                            f"got {type(mapping[key]).__name__} (dtype {array.dtype})")
         if tuple(array.shape) != tuple(shape):
             raise ValueError(
                 f"Error(s) in loading state_dict for {name}: size mismatch for {key}: copying a param with shape "

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import linen
 
-from jconv.layers import LayerConfig, check_state_dict, make_config, torch_module_arguments
+from jconv.layers import LayerConfig, check_options, check_state_dict, make_config, torch_module_arguments
 
 
 class _ConvBase(linen.Module):
@@ -25,6 +25,10 @@ class _ConvBase(linen.Module):
 
     def __post_init__(self):
         self._config()  # validate eagerly, with PyTorch's rules
+        options = check_options(type(self).__name__, dtype=self.dtype, param_dtype=self.param_dtype,
+                                channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
+        for field, value in options.items():  # canonical values (torch dtypes become NumPy ones)
+            object.__setattr__(self, field, value)
         super().__post_init__()
 
     def _params(self):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jconv.layers import LayerConfig, check_state_dict, make_config, torch_module_arguments
+from jconv.layers import LayerConfig, check_options, check_state_dict, make_config, torch_module_arguments
 
 
 class _ConvBase(nnx.Module):
@@ -28,13 +28,15 @@ class _ConvBase(nnx.Module):
     def _setup(self, config: LayerConfig, dtype, param_dtype, channels_last, precision, lowering, rngs):
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"{config.name}: rngs must be an nnx.Rngs, but got {type(rngs).__name__}")
+        options = check_options(config.name, dtype=dtype, param_dtype=param_dtype, channels_last=channels_last,
+                                precision=precision, lowering=lowering)
         self.config = config
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.channels_last = channels_last
-        self.precision = precision
-        self.lowering = lowering
-        weight, bias = config.init(rngs.params(), param_dtype)
+        self.dtype = options["dtype"]
+        self.param_dtype = options["param_dtype"]
+        self.channels_last = options["channels_last"]
+        self.precision = options["precision"]
+        self.lowering = options["lowering"]
+        weight, bias = config.init(rngs.params(), self.param_dtype)
         self.weight = nnx.Param(weight)
         self.bias = nnx.Param(bias) if bias is not None else None
 

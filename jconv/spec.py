@@ -13,6 +13,7 @@ import math
 import operator
 from typing import Any, Optional, Sequence, Tuple, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -148,6 +149,10 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 
 
 def _as_int(op: str, name: str, value: Any) -> int:
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{op}: {name} must be a static Python int (it fixes the output's shape), but got a traced value "
+            f"{value!r}. Pass it as a Python int, or mark it static: jax.jit(f, static_argnames=...)")
     if isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be an int or a tuple of ints, but got {value!r} (bool)")
     try:
@@ -185,7 +190,7 @@ def _check_dtype(op: str, name: str, dtype: Any) -> np.dtype:
     return dtype
 
 
-def _check_lowering(op: str, lowering: Any) -> str:
+def check_lowering(op: str, lowering: Any) -> str:
     # Imported here: dispatch imports this module for ConvSpec.
     from jconv.dispatch import LOWERING_NAMES
 
@@ -197,7 +202,7 @@ def _check_lowering(op: str, lowering: Any) -> str:
     return lowering
 
 
-def _check_precision(op: str, precision: Any) -> Any:
+def check_precision(op: str, precision: Any) -> Any:
     """lax's precision forms (None, a Precision or its name, a pair, a DotAlgorithm[Preset]), made hashable."""
     algorithm_types = tuple(t for t in (getattr(lax, "DotAlgorithm", None), getattr(lax, "DotAlgorithmPreset", None))
                             if t is not None)
@@ -315,6 +320,12 @@ def make_spec(
         if jnp.issubdtype(preferred_element_type, jnp.complexfloating) != complex_input:
             raise TypeError(f"{op}: preferred_element_type={preferred_element_type.name} for a {in_dt.name} input: "
                             f"expected a {'complex' if complex_input else 'real'} dtype")
+        if preferred_element_type.itemsize < in_dt.itemsize:
+            # lax refuses a narrowing accumulation type; every lowering refuses it here, so a call behaves the
+            # same whichever lowering (and so whichever device) runs it.
+            raise TypeError(f"{op}: preferred_element_type={preferred_element_type.name} is narrower than the "
+                            f"{in_dt.name} input; expected a dtype at least as wide (or None), as "
+                            "lax.conv_general_dilated requires. Cast the output instead.")
 
     # Scalar hyper-parameters.
     stride_t = int_tuple(op, "stride", stride, n)
@@ -332,8 +343,8 @@ def make_spec(
         raise ValueError(
             f"{op}: padding_mode must be one of {list(PADDING_MODES)}, but got padding_mode={padding_mode!r}"
         )
-    lowering = _check_lowering(op, lowering)
-    precision = _check_precision(op, precision)
+    lowering = check_lowering(op, lowering)
+    precision = check_precision(op, precision)
 
     # Weight against groups and input channels.
     kernel_size = weight_shape[2:]
@@ -362,6 +373,12 @@ def make_spec(
         raise ValueError(
             f"{op}: {prefix}, expected input{full_in_shape} to have {expected_in} channels, but got "
             f"{in_channels} channels instead"
+        )
+    if transposed and out_channels == 0:
+        # torch.nn.functional raises for it too (a oneDNN error on CPU); refused here, for every lowering alike.
+        raise ValueError(
+            f"{op}: weight of size {_fmt_shape(weight_shape)} gives zero output channels; expected "
+            "weight.shape[1] (out_channels / groups) >= 1"
         )
     if bias_shape is not None and (len(bias_shape) != 1 or bias_shape[0] != out_channels):
         who = "Given transposed=1, weight" if transposed else "Given weight"
@@ -461,12 +478,11 @@ def _check_mode_padding(op, padding_mode, pads, in_spatial, batched_shape, chann
 
 def _output_padding_from_size(op, output_size, batched, n, in_spatial, stride, padding, dilation, kernel_size):
     """PyTorch's ConvTranspose._output_padding: turn a requested output_size into output_padding."""
-    try:
-        sizes = [_as_int(op, "output_size", s) for s in output_size]
-    except TypeError:
-        raise
-    except Exception as e:  # not iterable
-        raise TypeError(f"{op}: output_size must be a sequence of ints, but got {output_size!r}") from e
+    if not isinstance(output_size, (list, tuple, np.ndarray)):
+        raise TypeError(
+            f"{op}: output_size must be a list or tuple of ints ({n} spatial sizes, or the full output shape), "
+            f"but got {output_size!r} ({type(output_size).__name__})")
+    sizes = [_as_int(op, "output_size", s) for s in output_size]
     non_spatial = 2 if batched else 1
     if len(sizes) == n + non_spatial:
         sizes = sizes[non_spatial:]

@@ -68,3 +68,36 @@ def test_every_lowering_declares_its_interface():
     for name, module in dispatch.LOWERINGS.items():
         assert module.NAME == name and isinstance(module.DETERMINISTIC, bool)
         assert callable(module.accepts) and callable(module.lower)
+
+
+@pytest.mark.parametrize("lowering,fn,kwargs", [
+    ("phase", jconv.conv_transpose2d, dict(stride=(4, 8))),
+    ("dilated", jconv.conv2d, dict(dilation=(4, 8), padding=8)),
+])
+def test_phase_lowerings_decline_past_max_phases(lowering, fn, kwargs):
+    """32 phases > MAX_PHASES: an explicit request is refused with the reason, and auto takes another lowering."""
+    from jconv.lowerings.common import MAX_PHASES
+
+    x = jax.ShapeDtypeStruct((2, 8, 20, 20), jnp.float32)
+    w = jax.ShapeDtypeStruct((8, 8, 3, 3), jnp.float32)
+    with pytest.raises(ValueError, match=rf"lowering='{lowering}' cannot handle .* 32 phases, more than {MAX_PHASES}"):
+        jconv.explain(fn, x, w, None, lowering=lowering, **kwargs)
+    assert jconv.explain(fn, x, w, None, **kwargs).lowering != lowering
+
+
+def test_first_call_of_a_large_stride_upsampler_stays_near_lax():
+    """Trace and compile time of auto must not grow with the stride: a stride-16 2-D upsampler (256 phases) took
+    31x lax's first call through the phase lowering (benchmarks/results/compile_time_cpu.md). Generous factor."""
+    import time
+
+    x, w = jnp.ones((2, 16, 8, 8)), jnp.full((16, 8, 32, 32), 0.01)
+
+    def first_call(lowering):
+        jax.clear_caches()
+        f = lambda x, w: jnp.sum(jconv.conv_transpose2d(x, w, stride=16, padding=8, lowering=lowering) ** 2)
+        start = time.perf_counter()
+        jax.block_until_ready(jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, w))
+        return time.perf_counter() - start
+
+    lax_time = first_call("xla")
+    assert first_call("auto") < 5 * max(lax_time, 0.5)

@@ -178,3 +178,81 @@ def test_padding_mode_zeros_only_for_transposed():
 def test_numpy_integer_arguments_accepted():
     y = jconv.conv2d(x4, w2, groups=np.int64(2), stride=np.array([1, 2]), padding=(np.int32(1), 1))
     assert y.shape == (2, 6, 5, 3)
+
+
+# --- one answer per call, whatever the lowering ------------------------------------------------------------
+
+# (lowering, call with that lowering and a given preferred_element_type)
+_PET_CALLS = [
+    ("xla", lambda pet, low: jconv.conv2d(x4, w2, groups=2, lowering=low, preferred_element_type=pet)),
+    ("taps", lambda pet, low: jconv.conv2d(x4, z(4, 1, 3, 3), groups=4, lowering=low, preferred_element_type=pet)),
+    ("matmul", lambda pet, low: jconv.conv2d(x4, z(6, 4, 1, 1), lowering=low, preferred_element_type=pet)),
+    ("grouped", lambda pet, low: jconv.conv2d(x4, w2, groups=2, lowering=low, preferred_element_type=pet)),
+    ("phase", lambda pet, low: jconv.conv_transpose2d(x4, z(4, 3, 3, 3), stride=2, lowering=low,
+                                                      preferred_element_type=pet)),
+    ("pallas", lambda pet, low: jconv.conv2d(x4, z(4, 1, 3, 3), groups=4, lowering=low, preferred_element_type=pet)),
+    ("im2col", lambda pet, low: jconv.conv2d(x4, z(6, 4, 3, 3), lowering=low, preferred_element_type=pet)),
+]
+
+
+@pytest.mark.parametrize("lowering,call", _PET_CALLS, ids=[c[0] for c in _PET_CALLS])
+def test_narrowing_preferred_element_type_is_refused_by_every_lowering(lowering, call):
+    """lax refuses a preferred_element_type narrower than the input; so does every lowering, with jconv's prefix
+    (several used to accept it, so a call that ran on CPU failed on GPU, where auto is lax)."""
+    for low in (lowering, "auto"):
+        with pytest.raises(TypeError, match=r"conv(_transpose)?2d: preferred_element_type=bfloat16 is narrower than "
+                                            r"the float32 input"):
+            call(jnp.bfloat16, low)
+    assert call(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32, lowering).shape[0] == 2
+
+
+@pytest.mark.parametrize("lowering", ["auto", "xla", "phase"])
+def test_transposed_conv_with_zero_output_channels_is_refused_by_every_lowering(lowering):
+    """torch raises for it; auto/phase raised ZeroDivisionError on some shapes and xla returned an empty array."""
+    with pytest.raises(ValueError, match=r"conv_transpose2d: weight of size \[4, 0, 3, 3\] gives zero output "
+                                         r"channels"):
+        jconv.conv_transpose2d(x4, z(4, 0, 3, 3), stride=2, lowering=lowering)
+    with pytest.raises(ValueError, match="gives zero output channels"):
+        jconv.conv_transpose1d(z(2, 4, 5), z(4, 0, 3), groups=2, lowering=lowering)
+
+
+# --- messages -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argument,call", [
+    ("stride", lambda s: jconv.conv2d(x4, w2, groups=2, stride=s)),
+    ("padding", lambda p: jconv.conv2d(x4, w2, groups=2, padding=p)),
+    ("dilation", lambda d: jconv.conv2d(x4, w2, groups=2, dilation=(1, d))),
+    ("output_size", lambda o: jconv.conv_transpose2d(x4, z(4, 2, 3, 3), stride=2, output_size=(o, 11))),
+])
+def test_traced_hyper_parameters_say_to_make_them_static(argument, call):
+    with pytest.raises(TypeError, match=rf"{argument} must be a static Python int .* but got a traced value.*"
+                                        r"static_argnames"):
+        jax.jit(call)(2)
+
+
+def test_output_size_as_an_int_names_the_expected_form():
+    with pytest.raises(TypeError, match=r"conv_transpose2d: output_size must be a list or tuple of ints \(2 spatial "
+                                        r"sizes, or the full output shape\), but got 11 \(int\)"):
+        jconv.conv_transpose2d(x4, z(4, 2, 3, 3), stride=2, output_size=11)
+
+
+def test_torch_tensors_are_accepted_detached_and_refused_with_requires_grad():
+    """One documented rule: a torch tensor is converted (bfloat16 included, exactly); one that requires grad is
+    refused with a message that says to detach it, since gradients cannot flow back into torch's graph."""
+    torch = pytest.importorskip("torch")
+    xt = torch.randn(2, 4, 5, 5)
+    wt = torch.randn(6, 2, 3, 3)
+    expected = jconv.conv2d(jnp.asarray(xt.numpy()), jnp.asarray(wt.numpy()), groups=2)
+    np.testing.assert_array_equal(np.asarray(jconv.conv2d(xt, wt, groups=2)), np.asarray(expected))
+    y16 = jconv.conv2d(xt.to(torch.bfloat16), wt.to(torch.bfloat16), groups=2)
+    assert y16.dtype == jnp.bfloat16
+    with pytest.raises(TypeError, match=r"conv2d: weight is a torch tensor that requires grad; .*Pass "
+                                        r"weight\.detach\(\)"):
+        jconv.conv2d(xt, torch.nn.Parameter(wt), groups=2)
+
+
+@pytest.mark.parametrize("value", ["abc", None, np.array([object()] * 4)], ids=["str", "None", "object"])
+def test_non_numeric_inputs_are_refused(value):
+    with pytest.raises(TypeError, match="conv1d: input must be"):
+        jconv.conv1d(value, z(2, 1, 3))

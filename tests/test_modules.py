@@ -223,6 +223,46 @@ def test_construction_validates_eagerly(factory, regex, exc):
         factory()
 
 
+@pytest.mark.parametrize("module", ("nnx", "linen"))
+@pytest.mark.parametrize("kwargs,regex,exc", [
+    (dict(lowering="fast"), r"Conv2d: unknown lowering='fast'; expected one of", ValueError),
+    (dict(lowering=3), "Conv2d: lowering must be a string", TypeError),
+    (dict(precision="bad"), "Conv2d: precision must be None", ValueError),
+    (dict(channels_last=1), "Conv2d: channels_last must be a bool, but got 1", TypeError),
+    (dict(dtype="notatype"), "Conv2d: dtype must be a floating-point or complex dtype or None, but got 'notatype'",
+     TypeError),
+    (dict(dtype=jnp.int32), "Conv2d: dtype must be one of float16, .* but got int32", TypeError),
+    (dict(param_dtype=None), "Conv2d: param_dtype must be a floating-point or complex dtype, but got None", TypeError),
+])
+def test_jconv_options_are_validated_at_construction(module, kwargs, regex, exc):
+    """jconv's own arguments fail in the constructor, as PyTorch's do, not at the first call (or in repr)."""
+    with pytest.raises(exc, match=regex):
+        if module == "nnx":
+            jn.Conv2d(4, 4, 3, rngs=nnx.Rngs(0), **kwargs)
+        else:
+            jl.Conv2d(4, 4, 3, **kwargs)
+
+
+def test_torch_dtypes_are_accepted_where_a_dtype_is():
+    x = jnp.ones((1, 4, 6, 6))
+    layer = jn.Conv2d(4, 4, 3, dtype=torch.float16, param_dtype=torch.float64, rngs=nnx.Rngs(0))
+    assert layer.weight[...].dtype == jnp.float64 and layer(x).dtype == jnp.float16
+    assert "dtype=float16" in repr(layer)
+    params = jl.Conv2d(4, 4, 3, param_dtype=torch.bfloat16).init(jax.random.key(0), x)["params"]
+    assert params["weight"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("value", [None, "weights", np.empty((4, 4, 3, 3), object)],
+                         ids=["None", "str", "object-array"])
+def test_load_state_dict_refuses_non_numeric_values(value):
+    """None or a string used to report a shape mismatch, and an object array loaded NaN silently."""
+    layer = jn.Conv2d(4, 4, 3, rngs=nnx.Rngs(0))
+    before = np.asarray(layer.weight[...])
+    with pytest.raises(TypeError, match="weight must be a numeric array or tensor"):
+        layer.load_state_dict({"weight": value, "bias": np.zeros(4)})
+    np.testing.assert_array_equal(np.asarray(layer.weight[...]), before)
+
+
 def test_mixed_precision_dtype_and_param_dtype():
     layer = jn.Conv2d(2, 4, 3, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     assert layer.weight[...].dtype == jnp.float32

@@ -6,6 +6,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import SymbolicZero
 
 from jconv.spec import ConvSpec
@@ -38,6 +40,12 @@ def transposed_as_conv_padding(spec: ConvSpec) -> tuple:
         (d * (k - 1) - lo, d * (k - 1) - hi + op)
         for d, k, (lo, hi), op in zip(spec.dilation, spec.kernel_size, spec.padding, spec.output_padding)
     )
+
+
+# Lowerings that build one program per stride or dilation phase (phase, dilated) compile in time that grows with
+# the number of phases, where lax's own convolution does not: they decline past this many
+# (benchmarks/results/compile_time_cpu.md).
+MAX_PHASES = 16
 
 
 def channel_axis(spec: ConvSpec) -> int:
@@ -124,3 +132,41 @@ def tangent_from_gradients(y: jax.Array, parts, direct=()) -> jax.Array:
              if not isinstance(t, SymbolicZero)] + list(direct)
     total = functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
     return total.astype(y.dtype)
+
+
+# --- non-finite values: fast forms are exact for finite operands, lax's own form takes the rest ---------------
+#
+# A fast formulation multiplies by zeros that lax never forms products with (a block-diagonal kernel's off-diagonal
+# blocks, an output gradient's padding), and 0 * NaN = NaN, 0 * inf = NaN put NaNs where lax has finite values.
+# Rather than give up those forms, each is guarded by one runtime branch: when every guarded operand is finite it
+# runs, otherwise lax's own convolution does (docs/semantics.md, "Non-finite values").
+
+
+@custom_vmap
+def _all_finite(a: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(a))
+
+
+@_all_finite.def_vmap
+def _all_finite_batched(axis_size, in_batched, a):
+    # One answer for the whole batch: a batched predicate would turn lax.cond into a select that runs both
+    # branches. lax's form is exact for finite values too, so the examples that are finite lose nothing.
+    return jnp.all(jnp.isfinite(a)), False
+
+
+def all_finite(*arrays: jax.Array) -> jax.Array:
+    """A scalar bool: every element of every array is finite (no gradient flows through it)."""
+    checks = [_all_finite(lax.stop_gradient(a)) for a in arrays]
+    return functools.reduce(jnp.logical_and, checks)
+
+
+def exact_for_nonfinite(fast, exact, *guarded: jax.Array):
+    """fast, or exact where any guarded array holds a NaN or inf: a function of the same arguments.
+
+    Both must compute the same values for finite operands; `exact` must place non-finite values as lax does.
+    A lax.cond, so it works under jit, vmap (one branch for the whole batch), grad, jvp and linear_transpose
+    (the predicate depends only on `guarded`, never on a linear argument)."""
+    if not any(jnp.issubdtype(a.dtype, jnp.inexact) for a in guarded):
+        return fast
+    predicate = all_finite(*guarded)
+    return lambda *args: lax.cond(predicate, fast, exact, *args)

@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jconv.lowerings.common import padded_spatial, spatial_axes, zero_pad
+from jconv.lowerings.common import MAX_PHASES, padded_spatial, spatial_axes, zero_pad
 from jconv.spec import ConvSpec
 
 NAME = "dilated"
@@ -35,6 +35,9 @@ def accepts(spec: ConvSpec):
         return "no dilation > 1 to remove"
     if any(d > 1 and s > 1 for d, s in zip(spec.dilation, spec.stride)):
         return "space-to-batch needs stride 1 along every dilated axis"
+    if math.prod(spec.dilation) > MAX_PHASES:
+        return (f"dilation={spec.dilation} has {math.prod(spec.dilation)} phases, more than {MAX_PHASES}: compile "
+                "time grows with the number of phases")
     return None
 
 

@@ -11,12 +11,15 @@ feature_group_count by JAX's batching rule (676 ms).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings import xla
-from jconv.lowerings.common import channel_axis
+from jconv.lowerings.common import channel_axis, tangent_from_gradients
 from jconv.spec import ConvSpec
 
 NAME = "grouped"
@@ -36,36 +39,71 @@ def accepts(spec: ConvSpec):
     return None
 
 
-# Groups of at most MERGE_MAX_IN_PER_GROUP input channels are merged, several per dense conv (a block-diagonal
-# kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per FLOP than the zeros added.
-# Measured forward+backward (a development probe, groups merged per conv side by side): 4x256x28x28 g=32
-# (8 channels per group): 1 group per conv 22-29 ms, 2: 18-22, 4: 13-17 (this rule), 8: 32-34; 8x128x28x28 g=8
-# (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv. The forward alone loses (g=32: 6.0-6.8 ms
-# merged vs 4.1-5.2), but a custom_jvp computing the output unmerged and the tangents merged took 18-19 ms
-# forward+backward against 11-13 merged throughout, so the merged form serves both.
+# Groups of at most MERGE_MAX_IN_PER_GROUP input channels have their weight gradient computed merged, several per
+# dense conv (a block-diagonal kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per FLOP
+# than the zeros added. Measured forward+backward (a development probe, groups merged per conv side by side):
+# 4x256x28x28 g=32 (8 channels per group): 1 group per conv 22-29 ms, 2: 18-22, 4: 13-17 (this rule), 8: 32-34;
+# 8x128x28x28 g=8 (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv. The forward alone is
+# faster unmerged (g=32: 4.1-5.2 ms against 6.0-6.8 merged), and it must be: a merged forward multiplies one
+# group's inputs by the zeros of the others' blocks, so a NaN or inf input would reach every group's outputs.
 MERGE_MAX_IN_PER_GROUP = 8
 MERGED_IN_CHANNELS = 32
 
 
 def groups_per_conv(spec: ConvSpec) -> int:
-    """How many groups one dense conv computes: the largest divisor of groups within the merge budget."""
+    """How many groups one dense conv of the weight gradient computes: the largest divisor of groups within the
+    merge budget."""
     if spec.in_per_group > MERGE_MAX_IN_PER_GROUP:
         return 1
     budget = MERGED_IN_CHANNELS // spec.in_per_group  # >= 4: in_per_group <= MERGE_MAX_IN_PER_GROUP
     return max(m for m in range(1, min(budget, spec.groups) + 1) if spec.groups % m == 0)
 
 
-def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    merged = groups_per_conv(spec)
+def dense_convs(spec: ConvSpec, x: jax.Array, w: jax.Array, merged: int = 1) -> jax.Array:
+    """The grouped conv as dense convs over `merged` groups each, concatenated along channels.
+
+    Merged groups share one dense conv whose kernel is block-diagonal, built with a select (not a product with
+    an identity, which would turn an inf weight into NaN): group j's outputs read only group j's weights. Its
+    products with the off-diagonal zeros still meet every group's inputs, so merged > 1 is exact only for finite
+    x; its transpose with respect to w (the weight gradient) selects the diagonal blocks and is exact always.
+    """
     cin, cout = spec.in_per_group * merged, spec.out_per_group * merged
     block = dataclasses.replace(spec, in_channels=cin, out_channels=cout, groups=1)
     axis = channel_axis(spec)
+    diagonal = np.kron(np.eye(merged, dtype=bool), np.ones((spec.out_per_group, spec.in_per_group), bool))
+    diagonal = diagonal.reshape(cout, cin, *(1,) * spec.ndim)
     outputs = []
     for i in range(spec.groups // merged):
         wi = w[i * cout:(i + 1) * cout]
-        if merged > 1:  # block-diagonal: group j's outputs read only group j's inputs
-            wi = wi.reshape(merged, spec.out_per_group, 1, spec.in_per_group, *spec.kernel_size)
-            eye = jnp.eye(merged, dtype=w.dtype).reshape(merged, 1, merged, *(1,) * (1 + spec.ndim))
-            wi = (wi * eye).reshape(cout, cin, *spec.kernel_size)  # a product, not a matmul: exact on any backend
+        if merged > 1:
+            wi = jnp.concatenate([wi] * merged, axis=1)  # (cout, cin, *k): every block holds its rows' weights
+            wi = jnp.where(diagonal, wi, jnp.zeros((), w.dtype))
         outputs.append(xla.lower(block, jax.lax.slice_in_dim(x, i * cin, (i + 1) * cin, axis=axis), wi))
     return jnp.concatenate(outputs, axis=axis)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _with_merged_weight_gradient(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    return dense_convs(spec, x, w)
+
+
+def _jvp(spec, primals, tangents):
+    x, w = primals
+    tx, tw = tangents
+    y = dense_convs(spec, x, w)
+    direct = [] if isinstance(tx, SymbolicZero) else [dense_convs(spec, tx, w)]
+    if not isinstance(tw, SymbolicZero):
+        # Linear in tw: reverse mode transposes it into the merged weight gradient, which is exact (see
+        # dense_convs). Forward mode gets the merged conv of x itself, exact for finite x only
+        # (docs/semantics.md, "Non-finite values").
+        direct.append(dense_convs(spec, x, tw, merged=groups_per_conv(spec)))
+    return y, tangent_from_gradients(y, [], direct)
+
+
+_with_merged_weight_gradient.defjvp(_jvp, symbolic_zeros=True)
+
+
+def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    if groups_per_conv(spec) == 1:
+        return dense_convs(spec, x, w)
+    return _with_merged_weight_gradient(spec, x, w)

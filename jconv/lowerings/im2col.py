@@ -29,6 +29,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -77,10 +78,19 @@ def chunked_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     xf = jnp.pad(xp.reshape(n, rows, cin), ((0, 0), (0, chunks * chunk - rows + offsets[-1]), (0, 0)))
     wm = jnp.moveaxis(w, 1, -1).reshape(cout, taps * cin).astype(acc)  # (C_out, taps x C_in), xf's column order
 
+    # Rows that are no output position (past an output row's end on the grid, or past the grid) wrap onto inputs
+    # that the output gradient meets only with its zeros; 0 * NaN is NaN, so they are zeroed instead, and a
+    # non-finite input stays out of weight gradients that lax and torch leave finite.
+    grid = np.indices(padded).reshape(spec.ndim, -1)
+    is_output = np.zeros(chunks * chunk, bool)
+    is_output[:rows] = np.all(grid < np.asarray(spec.out_spatial)[:, None], axis=0)
+
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk_rows(start, wm):
         cols = jnp.concatenate([lax.dynamic_slice_in_dim(xf, start + off, chunk, axis=1) for off in offsets],
                                axis=2)  # (N, chunk, taps x C_in)
+        keep = lax.dynamic_slice_in_dim(jnp.asarray(is_output), start, chunk)[None, :, None]
+        cols = jnp.where(keep, cols, jnp.zeros((), cols.dtype))
         return lax.dot_general(cols.astype(acc), wm, (((2,), (1,)), ((), ())), precision=spec.precision)
 
     y = lax.map(lambda start: chunk_rows(start, wm), jnp.arange(chunks) * chunk)  # (chunks, N, chunk, C_out)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv.lowerings.common import accumulation_dtype, output_dtype, spatial_axes, tangent_from_gradients
+from jconv.lowerings.common import (
+    MAX_PHASES, accumulation_dtype, output_dtype, spatial_axes, tangent_from_gradients)
 from jconv.spec import ConvSpec
 
 NAME = "phase"
@@ -49,6 +50,9 @@ def accepts(spec: ConvSpec):
         return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
     if not spec.transposed:
         return "phase decomposition is for transposed convolutions"
+    if math.prod(spec.stride) > MAX_PHASES:
+        return (f"stride={spec.stride} has {math.prod(spec.stride)} phases, more than {MAX_PHASES}: compile time "
+                "grows with the number of phases")
     return None
 
 

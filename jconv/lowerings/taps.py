@@ -45,8 +45,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings.common import (
-    accumulation_dtype, channel_axis, input_grad_dilation, materialized, output_dtype, padded_spatial, spatial_axes,
-    tap_slice, tangent_from_gradients, zero_pad)
+    accumulation_dtype, channel_axis, exact_for_nonfinite, input_grad_dilation, materialized, output_dtype,
+    padded_spatial, spatial_axes, tap_slice, tangent_from_gradients, zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "taps"
@@ -349,7 +349,7 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
             for axis, t, d, k, size in zip(axes, tap, spec.dilation, spec.kernel_size, spec.lowering_in_spatial):
                 start = d * (k - 1) - t * d
                 gs = lax.slice_in_dim(gs, start, start + size, axis=axis)
-            sums.append(block_sum(xs, gs.astype(acc_dtype)))
+            sums.append(block_sum(_read_by_tap(spec, xs, tap), gs.astype(acc_dtype)))
         return reduce_taps(jnp.stack(sums)).reshape(spec.out_channels, 1, *spec.kernel_size)
 
     if extra_batch:
@@ -362,6 +362,8 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
 
     def summed_products(xs):
         """sum over blocks of xs * g (xs: the input slice a tap meets, shaped like g)."""
+        if extra_rows:  # rows past the output meet g's zero rows: zeroed, so that a NaN or inf there stays out
+            xs = jnp.where(lax.broadcasted_iota(jnp.int32, xs.shape, row_axis) < rows, xs, jnp.zeros((), xs.dtype))
         return block_sum(_expand_channels(spec, xs).astype(acc_dtype), g)
 
     if not loop:
@@ -396,6 +398,25 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
     grads = lax.fori_loop(0, math.prod(lead_kernel), row,
                           jnp.zeros((spec.out_channels, math.prod(lead_kernel), kw), acc_dtype))
     return grads.reshape(spec.out_channels, 1, *spec.kernel_size)
+
+
+def _read_by_tap(spec: ConvSpec, x: jax.Array, tap) -> jax.Array:
+    """x (unpadded, stride 1) with the positions that `tap` never reads for any output set to zero.
+
+    The padded-output-gradient form multiplies every input position by the output gradient's padding where the
+    tap lands outside the output; 0 * NaN and 0 * inf are NaN, so a non-finite input there would reach a weight
+    gradient that lax and torch leave finite. A select on positions (fused into the products' loop) leaves
+    those products 0 * 0."""
+    keep = None
+    for axis, t, d, (lo, _), o, size in zip(spatial_axes(spec), tap, spec.dilation, spec.lowering_padding,
+                                            spec.out_spatial, spec.lowering_in_spatial):
+        first, stop = max(0, t * d - lo), min(size, t * d - lo + o)  # inputs i = o' + t*d - lo for outputs o'
+        if first == 0 and stop == size:
+            continue
+        position = lax.broadcasted_iota(jnp.int32, x.shape, axis)
+        inside = (position >= first) & (position < stop)
+        keep = inside if keep is None else keep & inside
+    return x if keep is None else jnp.where(keep, x, jnp.zeros((), x.dtype))
 
 
 # At stride 1, without a channel multiplier, the unrolled summed weight gradient reads the padded output gradient
@@ -446,6 +467,7 @@ def grad_weight_banded(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
     contract = tuple(range(2, 3 + n_lead))
     tap_rows = np.arange(tile)[None, :] * s + np.arange(kw)[:, None] * d  # (kw, tile): input offset in a tile
     tap_cols = np.broadcast_to(np.arange(tile)[None, :], (kw, tile))
+    real_output = (np.arange(n_tiles)[:, None, None] * tile + tap_cols[None]) < o  # (tiles, kw, tile)
     rows = []
     for lead_tap in itertools.product(*(range(k) for k in spec.kernel_size[:-1])):
         start, limit, strides = [0] * x_tiles.ndim, list(x_tiles.shape), [1] * x_tiles.ndim
@@ -454,7 +476,9 @@ def grad_weight_banded(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
         products = lax.dot_general(lax.slice(x_tiles, start, limit, strides), g_tiles,
                                    ((contract, contract), ((0, 1), (0, 1))), precision=lax.Precision.HIGHEST,
                                    preferred_element_type=acc_dtype)  # (C, tiles, span, tile)
-        rows.append(products[:, :, tap_rows, tap_cols].sum(axis=(1, 3)))  # (C, kw)
+        # Outputs past o in the last tile are g's zero padding: their products are dropped, not added (0 * NaN).
+        on_diagonal = jnp.where(real_output, products[:, :, tap_rows, tap_cols], jnp.zeros((), products.dtype))
+        rows.append(on_diagonal.sum(axis=(1, 3)))  # (C, kw)
     return jnp.stack(rows, axis=1).reshape(spec.out_channels, 1, *spec.kernel_size)
 
 
@@ -471,7 +495,14 @@ def _depthwise_jvp(spec, primals, tangents):
     tx, tw = tangents
     y = forward(spec, x, w)
     # The x-tangent map is the transpose of grad_input, so reverse mode transposes it back into grad_input.
-    parts, direct = [(tx, lambda g: grad_input(spec, w, g).astype(x.dtype))], []
+    # grad_input multiplies every weight by the dilated output gradient's padding, so an inf or NaN weight would
+    # put NaNs where lax and torch have none; then the transpose of the tap sum itself runs instead (it adds the
+    # padding rather than multiplying by it). Both branches are elementwise: lax.cond costs nothing here.
+    def exact_grad_input(g):
+        return jax.vjp(lambda x_: forward(spec, x_, w), x)[1](g.astype(output_dtype(spec)))[0].astype(x.dtype)
+
+    fast_grad_input = lambda g: grad_input(spec, w, g).astype(x.dtype)
+    parts, direct = [(tx, exact_for_nonfinite(fast_grad_input, exact_grad_input, w))], []
     form = weight_grad_form(spec)
     if form == "per-tap loop":
         # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one

@@ -7,13 +7,17 @@ unbatched) for as long as it is given, and checks output and gradients (input, w
 every lowering that accepts the configuration with tests/parity.py's assert_parity.
 
     python tests/scripts/fuzz_parity.py [--seed S] [--seconds T] [--dtype complex128|bfloat16|float16]
+    python tests/scripts/fuzz_parity.py --nonfinite [--seed S] [--seconds T]
 
 `--dtype complex128` draws complex arrays and holds every result to float64's tolerance against torch's
 complex128 (`accepted` then asks each lowering about the complex spec). With a half --dtype, jconv runs in that
 type on the same arrays and each result (output, gradients) must be within HALF_TOLERANCE of torch's float64 one,
 relative to its largest magnitude (the inputs are rounded too, so exact agreement is not expected);
 `--dtype float16 --seed 1` found bias gradients summed in float16 (2.3% off, now summed in
-float32). Prints each failure and a summary line; exits 1 if anything failed.
+float32). `--nonfinite` puts a NaN, +inf or -inf at a random position (the last one half the time) of the input
+or the weight and checks every element against torch and lax with tests/test_nonfinite.py's rule (the lowerings
+and operands listed in its KNOWN_GAPS are skipped). Prints each failure and a summary line; exits 1 if anything
+failed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ jax.config.update("jax_enable_x64", True)
 from jconv import dispatch  # noqa: E402
 from parity import accepted, assert_parity, torch_and_jconv  # noqa: E402
 from references import Case  # noqa: E402
+from test_nonfinite import KNOWN_GAPS, check_nonfinite_parity  # noqa: E402
 
 
 def random_case(rng: random.Random) -> Case:
@@ -113,11 +118,23 @@ def assert_half_parity(case: Case, lowering: str, dtype: str, seed: int) -> None
         assert error < HALF_TOLERANCE[dtype], f"{name}: error {error:.3g} of the largest magnitude"
 
 
+def assert_nonfinite_parity(case: Case, lowering: str, rng: random.Random, seed: int) -> None:
+    x, w, b = case.arrays(seed)
+    operand = rng.choice(["input", "weight"])
+    if (lowering, operand) in KNOWN_GAPS:
+        return
+    target = x if operand == "input" else w
+    last = rng.random() < 0.5
+    target[tuple(s - 1 if last else rng.randrange(s) for s in target.shape)] = rng.choice([np.nan, np.inf, -np.inf])
+    check_nonfinite_parity(case, lowering, x, w, b, seed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--dtype", choices=["float64", "complex128", *HALF_TOLERANCE], default="float64")
+    parser.add_argument("--nonfinite", action="store_true", help="NaN/inf in the input or weight (float64)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # torch's note on 'same' with even kernels
     rng = random.Random(args.seed)
@@ -130,7 +147,10 @@ def main() -> int:
             try:
                 if (lowering != "auto" and not accepted(case, lowering, dtype)) or crashes_xla(case, lowering):
                     continue
-                if exact:
+                if args.nonfinite:
+                    if lowering != "xla":  # xla is lax, the reference
+                        assert_nonfinite_parity(case, lowering, rng, seed=checks)
+                elif exact:
                     assert_parity(case, lowering, seed=checks, dtype=dtype)
                 else:
                     assert_half_parity(case, lowering, args.dtype, seed=checks)
@@ -138,7 +158,8 @@ def main() -> int:
                 failures += 1
                 print(f"FAIL {lowering} {case}\n  {type(e).__name__}: {str(e)[:800]}", flush=True)
             checks += 1
-    print(f"{checks} checks (configuration x lowering), {failures} failed, seed {args.seed}, {args.dtype}, "
+    kind = "non-finite, float64" if args.nonfinite else args.dtype
+    print(f"{checks} checks (configuration x lowering), {failures} failed, seed {args.seed}, {kind}, "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     return 1 if failures else 0
 
