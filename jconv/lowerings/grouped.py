@@ -45,7 +45,8 @@ def accepts(spec: ConvSpec):
 # 4x256x28x28 g=32 (8 channels per group): 1 group per conv 22-29 ms, 2: 18-22, 4: 13-17 (this rule), 8: 32-34;
 # 8x128x28x28 g=8 (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv. The forward alone is
 # faster unmerged (g=32: 4.1-5.2 ms against 6.0-6.8 merged), and it must be: a merged forward multiplies one
-# group's inputs by the zeros of the others' blocks, so a NaN or inf input would reach every group's outputs.
+# group's inputs by the zeros of the others' blocks, so a NaN or inf input would reach every group's outputs. The
+# input gradient is unmerged for the same reason; against the all-merged form, benchmarks/results/nonfinite_ab_cpu.md.
 MERGE_MAX_IN_PER_GROUP = 8
 MERGED_IN_CHANNELS = 32
 
