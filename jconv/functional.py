@@ -8,7 +8,7 @@ convolution, specialised by the number of spatial dimensions.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -134,12 +134,35 @@ def tangent_from_gradients(y: jax.Array, parts, direct=()) -> jax.Array:
     return total.astype(y.dtype)
 
 
-# --- non-finite values: fast forms are exact for finite operands, lax's own form takes the rest ---------------
+def with_weight_tangent(forward, weight_tangent):
+    """forward(spec, x, w) as a custom_jvp whose weight tangent is weight_tangent(spec, x, tw): the same bilinear
+    map in another form, chosen for its transpose, so reverse mode turns it into the weight gradient (forward
+    mode still works). The input tangent is forward(spec, tx, w), transposed by JAX as usual."""
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+    def convolve(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+        return forward(spec, x, w)
+
+    def jvp(spec, primals, tangents):
+        x, w = primals
+        tx, tw = tangents
+        y = forward(spec, x, w)
+        direct = [] if isinstance(tx, SymbolicZero) else [forward(spec, tx, w)]
+        if not isinstance(tw, SymbolicZero):
+            direct.append(weight_tangent(spec, x, tw))
+        return y, tangent_from_gradients(y, [], direct)
+
+    convolve.defjvp(jvp, symbolic_zeros=True)
+    return convolve
+
+
+# --- non-finite values: a runtime branch to an exact form --------------------------------------------------
 #
-# A fast formulation multiplies by zeros that lax never forms products with (a block-diagonal kernel's off-diagonal
-# blocks, an output gradient's padding), and 0 * NaN = NaN, 0 * inf = NaN put NaNs where lax has finite values.
-# Rather than give up those forms, each is guarded by one runtime branch: when every guarded operand is finite it
-# runs, otherwise lax's own convolution does (docs/semantics.md, "Non-finite values").
+# A fast formulation that multiplies by zeros neither lax nor torch forms products with (an output gradient's
+# padding, say) puts NaNs where they have finite values: 0 * NaN = NaN, 0 * inf = NaN. Where masking those products
+# would cost too much, the fast form is guarded: it runs when every guarded operand is finite, and an exact form
+# otherwise (docs/semantics.md, "Non-finite values"). Only around elementwise work: XLA:CPU runs a convolution or
+# matmul inside lax.cond far slower than outside (same page).
 
 
 @custom_vmap
@@ -150,7 +173,7 @@ def _all_finite(a: jax.Array) -> jax.Array:
 @_all_finite.def_vmap
 def _all_finite_batched(axis_size, in_batched, a):
     # One answer for the whole batch: a batched predicate would turn lax.cond into a select that runs both
-    # branches. lax's form is exact for finite values too, so the examples that are finite lose nothing.
+    # branches. The exact form is exact for finite values too, so the examples that are finite lose nothing.
     return jnp.all(jnp.isfinite(a)), False
 
 
@@ -163,10 +186,8 @@ def all_finite(*arrays: jax.Array) -> jax.Array:
 def exact_for_nonfinite(fast, exact, *guarded: jax.Array):
     """fast, or exact where any guarded array holds a NaN or inf: a function of the same arguments.
 
-    Both must compute the same values for finite operands; `exact` must place non-finite values as lax does.
-    A lax.cond, so it works under jit, vmap (one branch for the whole batch), grad, jvp and linear_transpose
+    Both must compute the same values for finite operands; `exact` must place non-finite values as lax or torch
+    does. A lax.cond, so it works under jit, vmap (one branch for the whole batch), grad, jvp and linear_transpose
     (the predicate depends only on `guarded`, never on a linear argument)."""
-    if not any(jnp.issubdtype(a.dtype, jnp.inexact) for a in guarded):
-        return fast
     predicate = all_finite(*guarded)
     return lambda *args: lax.cond(predicate, fast, exact, *args)

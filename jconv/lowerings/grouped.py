@@ -11,15 +11,13 @@ feature_group_count by JAX's batching rule (676 ms).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings import xla
-from jconv.lowerings.common import channel_axis, tangent_from_gradients
+from jconv.lowerings.common import channel_axis, with_weight_tangent
 from jconv.spec import ConvSpec
 
 NAME = "grouped"
@@ -83,25 +81,11 @@ def dense_convs(spec: ConvSpec, x: jax.Array, w: jax.Array, merged: int = 1) -> 
     return jnp.concatenate(outputs, axis=axis)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _with_merged_weight_gradient(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return dense_convs(spec, x, w)
-
-
-def _jvp(spec, primals, tangents):
-    x, w = primals
-    tx, tw = tangents
-    y = dense_convs(spec, x, w)
-    direct = [] if isinstance(tx, SymbolicZero) else [dense_convs(spec, tx, w)]
-    if not isinstance(tw, SymbolicZero):
-        # Linear in tw: reverse mode transposes it into the merged weight gradient, which is exact (see
-        # dense_convs). Forward mode gets the merged conv of x itself, exact for finite x only
-        # (docs/semantics.md, "Non-finite values").
-        direct.append(dense_convs(spec, x, tw, merged=groups_per_conv(spec)))
-    return y, tangent_from_gradients(y, [], direct)
-
-
-_with_merged_weight_gradient.defjvp(_jvp, symbolic_zeros=True)
+# Reverse mode transposes the merged weight tangent into the merged weight gradient, which is exact (see
+# dense_convs). Forward mode gets the merged conv of x itself, exact for finite x only (docs/semantics.md,
+# "Non-finite values").
+_with_merged_weight_gradient = with_weight_tangent(
+    dense_convs, lambda spec, x, tw: dense_convs(spec, x, tw, merged=groups_per_conv(spec)))
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:

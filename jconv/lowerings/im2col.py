@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings import xla
-from jconv.lowerings.common import accumulation_dtype, tangent_from_gradients, zero_pad
+from jconv.lowerings.common import accumulation_dtype, with_weight_tangent, zero_pad
 from jconv.spec import ConvSpec
 
 NAME = "im2col"
@@ -99,22 +98,7 @@ def chunked_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     return y[(slice(None), *(slice(0, o) for o in spec.out_spatial))].astype(x.dtype)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _with_chunked_weight_gradient(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return xla.conv(spec, x, w)
-
-
-def _jvp(spec, primals, tangents):
-    x, w = primals
-    tx, tw = tangents
-    y = xla.conv(spec, x, w)
-    direct = [] if isinstance(tx, SymbolicZero) else [xla.conv(spec, tx, w)]
-    if not isinstance(tw, SymbolicZero):
-        direct.append(chunked_conv(spec, x, tw))
-    return y, tangent_from_gradients(y, [], direct)
-
-
-_with_chunked_weight_gradient.defjvp(_jvp, symbolic_zeros=True)
+_with_chunked_weight_gradient = with_weight_tangent(xla.conv, chunked_conv)
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:

@@ -19,15 +19,13 @@ still works.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
-from jconv.lowerings.common import (dimension_numbers, spatial_axes, tangent_from_gradients,
-                                    transposed_as_conv_padding, transposed_weight_as_conv)
+from jconv.lowerings.common import (dimension_numbers, spatial_axes, transposed_as_conv_padding,
+                                    transposed_weight_as_conv, with_weight_tangent)
 from jconv.spec import ConvSpec
 
 NAME = "xla"
@@ -81,22 +79,9 @@ def conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Arr
     )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _with_padded_weight_gradient(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return conv(spec, x, w)
-
-
-def _with_padded_weight_gradient_jvp(spec, primals, tangents):
-    x, w = primals
-    tx, tw = tangents
-    y = conv(spec, x, w)
-    direct = [] if isinstance(tx, SymbolicZero) else [conv(spec, tx, w)]
-    if not isinstance(tw, SymbolicZero):
-        direct.append(conv(spec, x, tw, beforehand=padded_beforehand(spec)))
-    return y, tangent_from_gradients(y, [], direct)
-
-
-_with_padded_weight_gradient.defjvp(_with_padded_weight_gradient_jvp, symbolic_zeros=True)
+# The weight gradient is the transpose of the weight tangent, computed with the padding applied beforehand.
+_with_padded_weight_gradient = with_weight_tangent(
+    conv, lambda spec, x, tw: conv(spec, x, tw, beforehand=padded_beforehand(spec)))
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
