@@ -197,6 +197,28 @@ def test_taps_weight_gradient_from_the_padded_output_gradient(case):
     assert_parity(case, "taps")
 
 
+@pytest.mark.parametrize("case", [
+    # Depthwise 3x31 with dilation 2 along the 31-tap row: dropping the dilation from the banded weight gradient
+    # was off by ~60 here, and the grid's large kernels are dilated along their leading axis only.
+    Case(n=2, transposed=False, batch=2, in_channels=2, out_channels=2, spatial=(6, 70), kernel=(3, 31),
+         padding=(1, 30), dilation=(1, 2), groups=2),
+    # Stride and dilation along the row, a channel multiplier, channels-last.
+    Case(n=2, transposed=False, batch=3, in_channels=2, out_channels=4, spatial=(5, 80), kernel=(3, 27),
+         stride=(1, 2), padding=(1, 13), dilation=(2, 3), groups=2, channels_last=True),
+    Case(n=3, transposed=False, batch=2, in_channels=2, out_channels=2, spatial=(3, 4, 70), kernel=(2, 2, 28),
+         padding=(0, 1, 27), dilation=(1, 1, 2), groups=2),
+], ids=_case_id)
+def test_taps_banded_weight_gradient_with_dilation_along_the_row(case):
+    """The banded weight gradient (kernel rows of BANDED_MIN_ROW or more taps) with the row's own dilation and
+    stride varied, against torch."""
+    from jconv.lowerings import taps
+
+    spec = build_spec(case, "taps", *map(jnp.asarray, case.arrays()[:2]), None)
+    assert taps.weight_grad_form(spec) == "banded" and spec.dilation[-1] > 1
+    assert_parity(case, "taps")
+    assert_parity(case, "auto")
+
+
 def test_grid_covers_both_backward_forms_of_the_phase_lowering():
     """The grid reaches phase's matmul forward and gradients (both layouts) and its autodiff gradients (the
     conv-per-phase forward of ungrouped convs is forced in test_hypothesis_forced_forms_float64)."""
