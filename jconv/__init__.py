@@ -18,7 +18,18 @@ from jconv.functional import (
 )
 from jconv.spec import ConvSpec
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package's one version (pyproject.toml reads it)
+
+
+def __getattr__(name: str):
+    # jconv.nn and jconv.linen need flax, an optional dependency: imported on first use, so that `import jconv`
+    # works without it and `jconv.nn` works without a separate import.
+    if name in ("nn", "linen"):
+        import importlib
+
+        return importlib.import_module(f"jconv.{name}")
+    raise AttributeError(f"module 'jconv' has no attribute {name!r}")
+
 
 # JCONV_DETERMINISTIC=1 must take effect before any JAX backend starts, so it is read at import.
 _determinism._enable_from_env()
