@@ -80,7 +80,7 @@ def main():
         report["modes"]["deterministic" if mode == "1" else "default"] = first
     base, det = report["modes"]["default"], report["modes"]["deterministic"]
     print(f"{base['device']}, jax {base['jax']}, {args.runs} runs per process, 2 processes per mode")
-    print(f"| case | shape | default: distinct / same across processes / us | deterministic: ... | cost |")
+    print("| case | shape | default: distinct / same across processes / us | deterministic: ... | cost |")
     print("|---|---|---|---|---|")
     for name in cases:
         b, d = base["cases"][name], det["cases"][name]

@@ -2,14 +2,17 @@
 
     python benchmarks/run.py                       # the suite for this platform (CPU: under 10 minutes here)
     python benchmarks/run.py --only dw7x7 --quick  # a subset, fewer repetitions
-    python benchmarks/run.py --out benchmarks/results/gpu_h100   # on a GPU machine
+    python benchmarks/run.py --out benchmarks/results/gpu_h100   # results to commit, e.g. on a GPU machine
 
 It first measures the machine's ceilings (copy bandwidth, matmul rate), then for each layer shape times the
 forward and the forward+backward (gradients w.r.t. input and weight) of: plain lax.conv_general_dilated, every
 jconv lowering that accepts the shape, flax.linen.Conv (if installed) and torch (if installed). `auto` is the
 lowering jconv's dispatch picks, so its time is that lowering's time from the same run. Times are medians of
-calls after compilation, the variants of
-one layer timed round-robin over several rounds so that machine drift affects them alike. Writes <out>.json, <out>.md and <out>.png (speed-up over lax per layer).
+calls after compilation, the variants of one layer timed round-robin over several rounds so that machine drift
+affects them alike; each median is reported with the minimum and the interquartile range of its samples.
+Writes <out>.json and <out>.md after every layer (an interrupted run keeps what it measured) and <out>.png
+(speed-up over lax per layer) at the end. The default <out>, benchmarks/results/latest_<platform>, is ignored by
+git; committed results are only written when --out names them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import statistics
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +54,26 @@ except ImportError:
 # --- timing -------------------------------------------------------------------------------------------------
 
 
+class Timing(NamedTuple):
+    """One call's samples, in seconds: the median, their number, the minimum and the quartiles."""
+    median: float
+    count: int
+    minimum: float
+    q1: float
+    q3: float
+
+
+def summarize(samples: list) -> Timing:
+    q1, q3 = (np.percentile(samples, (25, 75)) if len(samples) > 1 else (samples[0], samples[0]))
+    return Timing(statistics.median(samples), len(samples), min(samples), float(q1), float(q3))
+
+
 def interleaved_medians(calls: dict, rounds: int = 4, round_time: float = 0.15, max_reps: int = 5,
                         slow: float = 3.0) -> dict:
-    """Median seconds per call, the calls timed round-robin so that machine drift hits all of them alike.
+    """Seconds per call, the calls timed round-robin so that machine drift hits all of them alike.
 
     `calls` maps a key to (call, sync). A call whose warm-up run takes over `slow` seconds is run only once more.
-    Returns {key: (median seconds, number of samples)}.
+    Returns {key: Timing} (median first, so `median, count, *_ = timing` reads it).
     """
     samples = {key: [] for key in calls}
     single = set()
@@ -82,7 +100,7 @@ def interleaved_medians(calls: dict, rounds: int = 4, round_time: float = 0.15, 
                 spent += elapsed
                 if spent > round_time:
                     break
-    return {key: (statistics.median(v), len(v)) for key, v in samples.items()}
+    return {key: summarize(v) for key, v in samples.items()}
 
 
 def median_time(call, sync):
@@ -112,11 +130,11 @@ def measure_ceilings(platform_name: str) -> dict:
         buffer[0] = copy(buffer[0])
         return buffer[0]
 
-    t_copy, _ = median_time(copy_in_place, jax_sync)
+    t_copy = median_time(copy_in_place, jax_sync).median
     size, dtype = (8192, jnp.bfloat16) if platform_name != "cpu" else (2048, jnp.float32)
     m = jnp.ones((size, size), dtype)
     mm = jax.jit(lambda a, b: a @ b).lower(m, m).compile()
-    t_mm, _ = median_time(lambda: mm(m, m), jax_sync)
+    t_mm = median_time(lambda: mm(m, m), jax_sync).median
     return {"copy_GBps": 2 * n * 4 / t_copy / 1e9, "matmul_TFLOPs": 2 * size**3 / t_mm / 1e12,
             "matmul_dtype": jnp.dtype(dtype).name}
 
@@ -249,7 +267,8 @@ def jax_pair(f, x, w):
 # --- one run ------------------------------------------------------------------------------------------------
 
 
-def run(cases, quick: bool, progress=True) -> dict:
+def run(cases, quick: bool, progress=True, on_layer=None) -> dict:
+    """The report; on_layer(report so far) is called after every layer, so that it can be written as it grows."""
     platform_name = jax.default_backend()
     ceilings = measure_ceilings(platform_name)
     rng = np.random.default_rng(0)
@@ -262,7 +281,7 @@ def run(cases, quick: bool, progress=True) -> dict:
         for name, module in dispatch.LOWERINGS.items():
             if name == "pallas" and platform_name != "gpu":
                 continue  # interpret mode times the interpreter, not the kernel
-            if module.accepts(spec) is None:
+            if module.refusal(spec) is None:
                 variants[name] = (
                     lambda x, w, name=name: getattr(jconv, case.fn)(x, w, channels_last=case.channels_last,
                                                                     lowering=name, **case.options), w)
@@ -293,10 +312,11 @@ def run(cases, quick: bool, progress=True) -> dict:
             calls[("torch", "fwd_ms")] = (pair[0], torch_sync)
             calls[("torch", "fwd_bwd_ms")] = (pair[1], torch_sync)
         started = time.perf_counter()
-        for (name, kind), (seconds, reps) in interleaved_medians(calls, **kw).items():
-            entry = row["times"].setdefault(name, {"reps": {}})
-            entry[kind] = seconds * 1e3
-            entry["reps"][kind] = reps
+        for (name, kind), timing in interleaved_medians(calls, **kw).items():
+            entry = row["times"].setdefault(name, {"reps": {}, "spread": {}})
+            entry[kind] = timing.median * 1e3
+            entry["reps"][kind] = timing.count
+            entry["spread"][kind] = {"min": timing.minimum * 1e3, "q1": timing.q1 * 1e3, "q3": timing.q3 * 1e3}
         row["times"]["auto"] = dict(row["times"][auto], lowering=auto)
         # Where auto compiles to exactly lax's program, their ratio measures only the machine's noise.
         row["auto_same_program_as_lax"] = programs[auto] == programs["lax"]
@@ -305,8 +325,15 @@ def run(cases, quick: bool, progress=True) -> dict:
             t = row["times"]
             print(f" {time.perf_counter() - started:5.1f} s; fwd+bwd lax {t['lax']['fwd_bwd_ms']:.1f} ms, auto "
                   f"({auto}) {t['auto']['fwd_bwd_ms']:.1f} ms", file=sys.stderr, flush=True)
+        if on_layer is not None:
+            on_layer(_report(platform_name, ceilings, rows, complete=index == len(plan)))
+    return _report(platform_name, ceilings, rows, complete=True)
+
+
+def _report(platform_name: str, ceilings: dict, rows: list, complete: bool) -> dict:
     device = jax.devices()[0]
     return {
+        "complete": complete,
         "date": datetime.date.today().isoformat(), "platform": platform_name,
         "device": getattr(device, "device_kind", str(device)), "host_cpus": os.cpu_count(), "host_cpu": host_cpu(),
         "machine": platform.platform(), "jax": jax.__version__, "torch": getattr(torch, "__version__", None),
@@ -317,8 +344,7 @@ def run(cases, quick: bool, progress=True) -> dict:
 
 def host_cpu() -> str:
     """The CPU model and its widest vector instructions (Linux), which decide how fast XLA's and torch's kernels
-    can be: two of this project's 2-core VMs measured 0.137 and 0.197 TFLOP/s float32 matmul, and torch's times
-    differed between them more than jconv's."""
+    can be (docs/performance.md compares two CPU models)."""
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
@@ -332,7 +358,7 @@ def host_cpu() -> str:
 
 
 # Process-wide settings that change what is measured: XLA's own flags, and glibc malloc's (which decide whether
-# XLA:CPU's large per-call buffers are page-faulted in on every call; README, "Speed on CPU").
+# XLA:CPU's large per-call buffers are page-faulted in on every call; docs/performance.md, "The allocator").
 MEASUREMENT_ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
@@ -349,12 +375,20 @@ def temp(row: dict, name: str) -> str:
     return "–" if megabytes is None else f"{megabytes:.0f}"
 
 
+def spread(times: dict, kind: str = "fwd_bwd_ms") -> str:
+    """`min q1-q3` of one variant's samples (ms), or – for reports written before the spread was recorded."""
+    s = times.get("spread", {}).get(kind)
+    return "–" if s is None else f"{s['min']:.2f} {s['q1']:.2f}-{s['q3']:.2f}"
+
+
 def markdown(report: dict) -> str:
     c = report["ceilings"]
     lines = [
         f"# jconv benchmark: {report['device']} ({report['platform']}), jax {report['jax']}, "
         f"torch {report['torch']}, {report['date']}",
         "",
+        *([] if report.get("complete", True) else ["**Incomplete: the run is in progress or was interrupted.**",
+                                                    ""]),
         f"Command: `{report['command']}`. Machine: {report['machine']}, {report['host_cpus']} CPUs"
         f"{', ' + report['host_cpu'] if report.get('host_cpu') else ''}.",
         f"Ceilings measured in the same run: copy {c['copy_GBps']:.1f} GB/s (read + write), "
@@ -365,13 +399,14 @@ def markdown(report: dict) -> str:
         "`(same HLO)`: auto compiled to exactly plain lax's programs (forward and forward+backward, compared "
         "as text without source metadata), so that ratio is run-to-run noise, not a difference between them. "
         "`temp MB`: the scratch buffer XLA allocates per forward+backward call (lax / auto); on Linux CPUs, one "
-        "over glibc's 32 MB mmap threshold is mapped and page-faulted in on every call (README, \"Speed on CPU: "
-        "the allocator\").",
+        "over glibc's 32 MB mmap threshold is mapped and page-faulted in on every call (docs/performance.md, "
+        "\"The allocator\"). `spread`: the minimum and the interquartile range of the forward+backward samples "
+        "(lax; auto), ms.",
         "",
         "| layer | auto picks | lax fwd | auto fwd | fwd speed-up | lax fwd+bwd | auto fwd+bwd | fwd+bwd speed-up "
         "| torch fwd | torch fwd+bwd | auto / torch (fwd+bwd) | flax fwd+bwd | GB/s (% copy) | TFLOP/s (% matmul) "
-        "| temp MB |",
-        "|" + "---|" * 15,
+        "| temp MB | spread (lax; auto) |",
+        "|" + "---|" * 16,
     ]
     for row in report["rows"]:
         t = row["times"]
@@ -389,10 +424,10 @@ def markdown(report: dict) -> str:
             f"{fmt(flax_t['fwd_bwd_ms'] if flax_t else None)} | "
             f"{gbs:.1f} ({100 * gbs / report['ceilings']['copy_GBps']:.0f}%) | "
             f"{tfs:.3f} ({100 * tfs / report['ceilings']['matmul_TFLOPs']:.0f}%) | {temp(row, 'lax')} / "
-            f"{temp(row, row['auto'])} |")
+            f"{temp(row, row['auto'])} | {spread(lax_t)}; {spread(auto_t)} |")
     columns = ["lax", *dispatch.LOWERING_NAMES, "vjp", "flax", "torch"]
     lines += ["", "Every lowering (fwd / fwd+bwd ms). `vjp`: a transposed conv computed as the input gradient of "
-              "jconv's forward conv (the alternative to `phase` compared for issue #8).", "",
+              "jconv's forward conv (the alternative formulation to `phase`).", "",
               "| layer | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for row in report["rows"]:
         cells = []
@@ -434,27 +469,38 @@ def plot(report: dict, path: str) -> bool:
     return True
 
 
+def write_report(report: dict, out: str, final: bool) -> str:
+    """<out>.json and <out>.md (and, when final, <out>.png); returns the markdown."""
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    text = markdown(report)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    if final:
+        plot(report, out + ".png")
+    return text
+
+
+def default_out(name: str) -> str:
+    """benchmarks/results/latest_<name>: ignored by git, so a run never overwrites committed results unasked."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"latest_{name}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated substrings of layer names to run")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--out", default=None, help="output prefix (default benchmarks/results/<platform>)")
+    parser.add_argument("--out", default=None, help="output prefix (default benchmarks/results/latest_<platform>)")
     args = parser.parse_args()
     platform_name = jax.default_backend()
     cases = SUITES[platform_name]
     if args.only:
         keys = args.only.split(",")
         cases = [c for c in cases if any(k in c.label() for k in keys)]
-    report = run(cases, args.quick)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", platform_name)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    text = markdown(report)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    plotted = plot(report, out + ".png")
-    print(text)
-    print(f"wrote {out}.json, {out}.md" + (f", {out}.png" if plotted else ""), file=sys.stderr)
+    out = args.out or default_out(platform_name)
+    report = run(cases, args.quick, on_layer=lambda partial: write_report(partial, out, final=False))
+    print(write_report(report, out, final=True))
+    print(f"wrote {out}.json, {out}.md, {out}.png", file=sys.stderr)
 
 
 if __name__ == "__main__":

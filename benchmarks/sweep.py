@@ -9,7 +9,9 @@ for dense 1-D/2-D convs) are skipped, since the suite's `same HLO` rows already 
 
     python benchmarks/sweep.py [--seed S] [--count N] [--out benchmarks/results/sweep_cpu]
 
-Writes <out>.json and <out>.md: one row per shape, sorted by auto / lax, the rows over 1.05 flagged.
+Writes <out>.json and <out>.md after every shape (one row per shape, sorted by auto / lax, the rows over 1.05
+flagged, each median with the minimum and interquartile range of its samples) and <out>.png at the end (auto /
+lax per shape, by lowering). The default <out>, benchmarks/results/latest_sweep_<platform>, is ignored by git.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jconv  # noqa: E402
 from jconv import dispatch  # noqa: E402
-from run import interleaved_medians, jax_pair, jax_sync, jconv_spec, make_arrays, plain_lax  # noqa: E402
+from run import default_out, interleaved_medians, jax_pair, jax_sync, jconv_spec, make_arrays, plain_lax  # noqa: E402
 from suites import case  # noqa: E402
 
-SLOWER = 1.05  # auto / lax above this is flagged (the benchmark's noise allowance, issue #5)
+SLOWER = 1.05  # auto / lax above this is flagged: the noise allowance of docs/performance.md's comparisons
 
 
 def random_case(rng: random.Random, index: int):
@@ -74,7 +76,8 @@ def random_case(rng: random.Random, index: int):
                 channels_last=rng.random() < 0.3, stride=stride, **options)
 
 
-def run(seed: int, count: int) -> dict:
+def run(seed: int, count: int, on_shape=None) -> dict:
+    """The report; on_shape(report so far) is called after every timed shape."""
     rng = random.Random(seed)
     rows = []
     for index in range(count):
@@ -87,14 +90,26 @@ def run(seed: int, count: int) -> dict:
         auto = lambda x, w, c=c: getattr(jconv, c.fn)(x, w, None, channels_last=c.channels_last, **c.options)
         calls = {"auto": jax_pair(auto, x, w)[1], "lax": jax_pair(plain_lax(spec), x, w)[1]}
         times = interleaved_medians({k: (call, jax_sync) for k, call in calls.items()})
-        auto_ms, lax_ms = times["auto"][0] * 1e3, times["lax"][0] * 1e3
+        auto_ms, lax_ms = times["auto"].median * 1e3, times["lax"].median * 1e3
+        spread = {k: {"min": t.minimum * 1e3, "q1": t.q1 * 1e3, "q3": t.q3 * 1e3} for k, t in times.items()}
         rows.append(dict(layer=c.label(), fn=c.fn, input=c.input_shape, weight=c.weight_shape, options=c.options,
-                         lowering=lowering, auto_ms=auto_ms, lax_ms=lax_ms, ratio=auto_ms / lax_ms))
+                         lowering=lowering, auto_ms=auto_ms, lax_ms=lax_ms, ratio=auto_ms / lax_ms, spread=spread))
         print(f"{index + 1}/{count} {c.fn} {c.input_shape} {c.options} {c.dtype}: {lowering} "
               f"{auto_ms:.2f} ms, lax {lax_ms:.2f} ms", file=sys.stderr, flush=True)
+        if on_shape is not None:
+            on_shape(_report(seed, count, rows, complete=index == count - 1))
+    return _report(seed, count, rows, complete=True)
+
+
+def _report(seed: int, count: int, rows: list, complete: bool) -> dict:
     return dict(platform=jax.default_backend(), machine=platform.platform(), cpus=os.cpu_count(),
                 jax=jax.__version__, date=datetime.date.today().isoformat(), seed=seed, count=count,
-                command=" ".join(["python benchmarks/sweep.py", *sys.argv[1:]]), rows=rows)
+                command=" ".join(["python benchmarks/sweep.py", *sys.argv[1:]]), rows=rows, complete=complete)
+
+
+def _spread(row: dict, key: str) -> str:
+    s = row.get("spread", {}).get(key)
+    return "" if s is None else f" ({s['min']:.2f}; {s['q1']:.2f}-{s['q3']:.2f})"
 
 
 def markdown(report: dict) -> str:
@@ -105,33 +120,70 @@ def markdown(report: dict) -> str:
              f"Command: `{report['command']}`. Machine: {report['machine']}, {report['cpus']} CPUs. "
              f"{len(rows)} random shapes that auto does not send to lax's own conv (seed {report['seed']}); "
              "forward+backward (output and gradients w.r.t. input and weight), median ms, auto and lax timed "
-             f"round-robin in one process. Over {SLOWER}x (slower than lax): {len(slower)}.",
+             f"round-robin in one process, each with (minimum; interquartile range) of its samples. Over {SLOWER}x "
+             f"(slower than lax): {len(slower)}.",
+             *([] if report.get("complete", True) else ["", "**Incomplete: the run is in progress or was "
+                                                            "interrupted.**"]),
              "",
              "| auto / lax | auto picks | auto ms | lax ms | fn | input | weight | options | dtype, layout |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flag = " **slower**" if r["ratio"] > SLOWER else ""
         dtype_layout = r["layer"].split(" ", 1)[1]
-        lines.append(f"| {r['ratio']:.2f}{flag} | {r['lowering']} | {r['auto_ms']:.2f} | {r['lax_ms']:.2f} | "
+        lines.append(f"| {r['ratio']:.2f}{flag} | {r['lowering']} | {r['auto_ms']:.2f}{_spread(r, 'auto')} | "
+                     f"{r['lax_ms']:.2f}{_spread(r, 'lax')} | "
                      f"{r['fn']} | {tuple(r['input'])} | {tuple(r['weight'])} | {r['options']} | {dtype_layout} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> bool:
+    """auto / lax per shape (log scale), one colour per lowering, sorted; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = sorted(report["rows"], key=lambda r: r["ratio"])
+    lowerings = sorted({r["lowering"] for r in rows})
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name in lowerings:
+        points = [(i, r["ratio"]) for i, r in enumerate(rows) if r["lowering"] == name]
+        ax.scatter(*zip(*points), label=name, s=18)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(SLOWER, color="k", lw=0.5, ls="--")
+    ax.set_yscale("log")
+    ax.set_xlabel("random shapes, sorted by auto / lax")
+    ax.set_ylabel("auto / lax, forward+backward (log)")
+    ax.set_title(f"Random-shape sweep ({report['platform']}), seed {report['seed']}, {report['date']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def write_report(report: dict, out: str, final: bool) -> str:
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    text = markdown(report)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    if final and report["rows"]:
+        plot(report, out + ".png")
+    return text
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=40)
-    parser.add_argument("--out", default=None, help="output prefix (default benchmarks/results/sweep_<platform>)")
+    parser.add_argument("--out", default=None,
+                        help="output prefix (default benchmarks/results/latest_sweep_<platform>)")
     args = parser.parse_args()
-    report = run(args.seed, args.count)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"sweep_{report['platform']}")
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    text = markdown(report)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    print(text)
+    out = args.out or default_out(f"sweep_{jax.default_backend()}")
+    report = run(args.seed, args.count, on_shape=lambda partial: write_report(partial, out, final=False))
+    print(write_report(report, out, final=True))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,18 @@ def test_benchmark_command_writes_json_markdown_and_plot(tmp_path):
         # XLA:CPU reports each program's scratch; its size decides the page faults the README describes.
         assert set(row["fwd_bwd_temp_MB"]) == set(row["times"]) - {"auto", "torch"}, row["fwd_bwd_temp_MB"]
         assert all(mb >= 0 for mb in row["fwd_bwd_temp_MB"].values()), row["fwd_bwd_temp_MB"]
+    for row in rows.values():  # each median comes with the minimum and quartiles of its samples
+        for times in row["times"].values():
+            s = times["spread"]["fwd_bwd_ms"]
+            assert s["min"] <= s["q1"] <= s["q3"] and s["min"] <= times["fwd_bwd_ms"], times
+    assert report["complete"] is True
     assert "vjp" in rows["dw_up_k4s2"]["times"]  # the transposed-conv alternative is timed beside phase
     assert report["ceilings"]["copy_GBps"] > 0 and report["ceilings"]["matmul_TFLOPs"] > 0
     assert report["host_cpu"] and report["host_cpu"] in (tmp_path / "bench.md").read_text()
     assert report["command"].split(" python ")[0] == "XLA_FLAGS=--xla_cpu_enable_fast_math=false", report["command"]
     markdown = (tmp_path / "bench.md").read_text()
-    assert "| resnet50_1x1 float32 NCHW | matmul |" in markdown
+    assert "| resnet50_1x1 float32 NCHW | matmul |" in markdown and "spread (lax; auto)" in markdown
+    assert "Incomplete" not in markdown
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
@@ -70,3 +76,32 @@ def test_sweep_draws_only_valid_configurations_and_flags_the_slower_rows():
     table = sweep.markdown(report)
     assert "| 1.20 **slower** | matmul |" in table and "| 0.50 | matmul |" in table
     assert "Over 1.05x (slower than lax): 1." in table
+
+
+def test_reports_are_written_per_layer_and_never_over_committed_results(tmp_path):
+    """run.py writes its report after every layer (marked incomplete until the last), and its default output is a
+    path git ignores, so a plain run cannot overwrite the committed results."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+    import suites
+
+    written = []
+    report = run.run([c for c in suites.SUITES["cpu"] if c.name == "resnet50_1x1"], quick=True, progress=False,
+                     on_layer=lambda partial: written.append(run.write_report(partial, str(tmp_path / "b"), False)))
+    assert len(written) == 1 and report["complete"]
+    partial = dict(report, complete=False)
+    assert "Incomplete" in run.markdown(partial)
+    out = run.default_out("cpu")
+    assert os.path.basename(out) == "latest_cpu"
+    ignored = subprocess.run(["git", "check-ignore", "-q", out + ".md"], cwd=ROOT)
+    assert ignored.returncode == 0, f"{out}.md is not ignored by git"
+
+
+def test_sweep_plot(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import sweep
+
+    rows = [dict(layer=f"{i}_x float32 NCHW", lowering=name, ratio=r) for i, (name, r) in
+            enumerate([("taps", 0.1), ("phase", 0.5), ("matmul", 1.2)])]
+    assert sweep.plot(dict(platform="cpu", seed=0, date="today", rows=rows), str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").stat().st_size > 1000
