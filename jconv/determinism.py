@@ -9,8 +9,7 @@ Two things make a jconv program bitwise reproducible:
      different GEMM/fusion kernels, with different summation orders.
    - `xla_gpu_deterministic_ops` ("Guarantees run-to-run determinism on GPU") does the same and also switches off
      the GEMM-fusion autotuner, so every compilation picks the same kernels. jconv's lowerings turn
-     convolutions into GEMMs, so this is the flag that covers them. Cost measured on an H100 (jax 0.11.2,
-     ../shared/BASELINES.md): +22% on a float32 depthwise 7x7 forward+backward, +6% on a dense 3x3, 0% in bf16.
+     convolutions into GEMMs, so this is the flag that covers them. Its cost on a GPU is in docs/devices.md.
    Both are GPU options; on CPU, XLA's convolutions and reductions are already deterministic and the flag is
    accepted and ignored.
 

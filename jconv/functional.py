@@ -8,16 +8,21 @@ convolution, specialised by the number of spatial dimensions.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from jconv import dispatch
 from jconv.arrays import as_jax
 from jconv.lowerings.common import channel_axis
 from jconv.padding import apply_padding_mode
-from jconv.spec import ConvSpec, make_spec
+from jconv.spec import ConvSpec, IntOrTuple, make_spec
+
+# torch tensors (detached) are accepted as well as JAX and NumPy arrays.
+Array = Union[ArrayLike, Any]
+Padding = Union[str, IntOrTuple]
 
 
 def _explicitly_sharded_axes(a) -> tuple:
@@ -52,8 +57,8 @@ def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **
     )
 
 
-def _body(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional[jax.Array]) -> jax.Array:
-    """The traced body: everything here is array code; all decisions were made from the static spec."""
+def _apply_lowering(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional[jax.Array]) -> jax.Array:
+    """Mode padding, the lowering, the bias: array code only, every decision made from the static spec."""
     if not spec.batched:
         x = x[None]
     x = apply_padding_mode(spec, x)
@@ -69,7 +74,9 @@ def _body(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional
     return y if spec.batched else y[0]
 
 
-def _convolve(spec: ConvSpec, x, w, b) -> jax.Array:
+def _convolution(spec: ConvSpec, x, w, b) -> jax.Array:
+    """The convolution `spec` describes, by the lowering dispatch selects: traced inline under a caller's
+    transformation, else compiled once per (spec, lowering)."""
     out_dtype = spec.preferred_element_type or spec.dtype
     if spec.is_empty:
         # PyTorch returns an empty output for zero batch or zero input channels; so does lax, but not on every
@@ -77,14 +84,14 @@ def _convolve(spec: ConvSpec, x, w, b) -> jax.Array:
         return jnp.zeros(spec.out_shape, out_dtype)
     choice = dispatch.select(spec)
     if any(isinstance(a, jax.core.Tracer) for a in (x, w, b)):
-        # Inside the caller's jit/grad/vmap: trace inline. A nested jit would be inlined by XLA anyway, but
-        # into a different schedule: a dilated conv's forward+backward measured 69 vs 45 ms on CPU that way.
-        return _body(spec, choice.lowering, x, w, b)
-    return _run(spec, choice.lowering, x, w, b)
+        # Inside the caller's jit/grad/vmap: trace inline. A nested jit would be inlined by XLA anyway, but into a
+        # slower schedule (docs/lowerings.md, "Auto's rules").
+        return _apply_lowering(spec, choice.lowering, x, w, b)
+    return _compiled_apply_lowering(spec, choice.lowering, x, w, b)
 
 
 # Eager calls: one compiled program per (spec, lowering), so equal configurations compile once.
-_run = jax.jit(_body, static_argnums=(0, 1))
+_compiled_apply_lowering = jax.jit(_apply_lowering, static_argnums=(0, 1))
 
 
 _CONV_DOC = """{n}-D convolution with torch.nn.functional.conv{n}d's semantics.
@@ -101,7 +108,7 @@ _CONV_DOC = """{n}-D convolution with torch.nn.functional.conv{n}d's semantics.
         PyTorch's pad amounts.
       channels_last: take and return channels-last arrays (saves layout transposes on accelerators).
       precision, preferred_element_type: passed to lax.
-      lowering: 'auto' (see jconv.explain) or a lowering name from jconv.LOWERINGS.
+      lowering: 'auto' (see jconv.explain) or a lowering name from jconv.LOWERING_NAMES.
 
     Returns:
       (N, C_out, {out}) (or channels-last / unbatched to match the input), where per spatial axis
@@ -131,66 +138,94 @@ _NAMES = {1: ("L", "kW", "L_out"), 2: ("H, W", "kH, kW", "H_out, W_out"),
           3: ("D, H, W", "kD, kH, kW", "D_out, H_out, W_out")}
 
 
-def _make_conv(n: int):
-    op = f"conv{n}d"
-
-    def build_spec(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                   padding_mode="zeros", channels_last=False, precision=None, preferred_element_type=None,
-                   lowering="auto") -> ConvSpec:
-        return _spec_from_arrays(
-            op, n, False, input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
-            padding_mode=padding_mode, channels_last=channels_last, precision=precision,
-            preferred_element_type=preferred_element_type, lowering=lowering)
-
-    def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-             channels_last=False, precision=None, preferred_element_type=None, lowering="auto"):
-        x = as_jax(op, "input", input)
-        w = as_jax(op, "weight", weight)
-        b = None if bias is None else as_jax(op, "bias", bias)
-        spec = build_spec(x, w, b, stride, padding, dilation, groups, padding_mode=padding_mode,
-                          channels_last=channels_last, precision=precision,
-                          preferred_element_type=preferred_element_type, lowering=lowering)
-        return _convolve(spec, x, w, b)
-
-    sp, ks, out = _NAMES[n]
-    conv.__name__ = conv.__qualname__ = op
-    conv.__doc__ = _CONV_DOC.format(n=n, sp=sp, ks=ks, out=out)
-    conv.build_spec = build_spec
-    return conv
+def _conv_spec(n: int, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+               padding_mode="zeros", channels_last=False, precision=None, preferred_element_type=None,
+               lowering="auto") -> ConvSpec:
+    return _spec_from_arrays(
+        f"conv{n}d", n, False, input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode, channels_last=channels_last, precision=precision,
+        preferred_element_type=preferred_element_type, lowering=lowering)
 
 
-def _make_conv_transpose(n: int):
-    op = f"conv_transpose{n}d"
-
-    def build_spec(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-                   output_size=None, channels_last=False, precision=None, preferred_element_type=None,
-                   lowering="auto") -> ConvSpec:
-        return _spec_from_arrays(
-            op, n, True, input, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
-            groups=groups, dilation=dilation, output_size=output_size, channels_last=channels_last,
-            precision=precision, preferred_element_type=preferred_element_type, lowering=lowering)
-
-    def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-                       output_size=None, channels_last=False, precision=None, preferred_element_type=None,
-                       lowering="auto"):
-        x = as_jax(op, "input", input)
-        w = as_jax(op, "weight", weight)
-        b = None if bias is None else as_jax(op, "bias", bias)
-        spec = build_spec(x, w, b, stride, padding, output_padding, groups, dilation, output_size=output_size,
-                          channels_last=channels_last, precision=precision,
-                          preferred_element_type=preferred_element_type, lowering=lowering)
-        return _convolve(spec, x, w, b)
-
-    sp, ks, out = _NAMES[n]
-    conv_transpose.__name__ = conv_transpose.__qualname__ = op
-    conv_transpose.__doc__ = _CONV_TRANSPOSE_DOC.format(n=n, sp=sp, ks=ks, out=out)
-    conv_transpose.build_spec = build_spec
-    return conv_transpose
+def _conv_transpose_spec(n: int, input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                         dilation=1, *, output_size=None, channels_last=False, precision=None,
+                         preferred_element_type=None, lowering="auto") -> ConvSpec:
+    return _spec_from_arrays(
+        f"conv_transpose{n}d", n, True, input, weight, bias, stride=stride, padding=padding,
+        output_padding=output_padding, groups=groups, dilation=dilation, output_size=output_size,
+        channels_last=channels_last, precision=precision, preferred_element_type=preferred_element_type,
+        lowering=lowering)
 
 
-conv1d = _make_conv(1)
-conv2d = _make_conv(2)
-conv3d = _make_conv(3)
-conv_transpose1d = _make_conv_transpose(1)
-conv_transpose2d = _make_conv_transpose(2)
-conv_transpose3d = _make_conv_transpose(3)
+def _apply(op: str, build_spec: Callable[..., ConvSpec], n: int, arguments: dict) -> jax.Array:
+    """The one implementation behind the six public functions: `arguments` are a public function's own, by name."""
+    arguments = dict(arguments)
+    x = as_jax(op, "input", arguments.pop("input"))
+    w = as_jax(op, "weight", arguments.pop("weight"))
+    bias = arguments.pop("bias")
+    b = None if bias is None else as_jax(op, "bias", bias)
+    return _convolution(build_spec(n, x, w, b, **arguments), x, w, b)
+
+
+def _public(n: int, transposed: bool):
+    """Gives a public function its docstring and its `build_spec` (the ConvSpec it would run, for explain())."""
+    template, build_spec = (_CONV_TRANSPOSE_DOC, _conv_transpose_spec) if transposed else (_CONV_DOC, _conv_spec)
+
+    def decorate(fn):
+        sp, ks, out = _NAMES[n]
+        fn.__doc__ = template.format(n=n, sp=sp, ks=ks, out=out)
+        fn.build_spec = functools.partial(build_spec, n)
+        return fn
+
+    return decorate
+
+
+# Each public function passes its own arguments on by name (locals(), read before anything else is defined).
+
+
+@_public(1, transposed=False)
+def conv1d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1, groups: int = 1, *, padding_mode: str = "zeros", channels_last: bool = False,
+           precision: Any = None, preferred_element_type: Optional[DTypeLike] = None,
+           lowering: str = "auto") -> jax.Array:
+    return _apply("conv1d", _conv_spec, 1, locals())
+
+
+@_public(2, transposed=False)
+def conv2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1, groups: int = 1, *, padding_mode: str = "zeros", channels_last: bool = False,
+           precision: Any = None, preferred_element_type: Optional[DTypeLike] = None,
+           lowering: str = "auto") -> jax.Array:
+    return _apply("conv2d", _conv_spec, 2, locals())
+
+
+@_public(3, transposed=False)
+def conv3d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1, groups: int = 1, *, padding_mode: str = "zeros", channels_last: bool = False,
+           precision: Any = None, preferred_element_type: Optional[DTypeLike] = None,
+           lowering: str = "auto") -> jax.Array:
+    return _apply("conv3d", _conv_spec, 3, locals())
+
+
+@_public(1, transposed=True)
+def conv_transpose1d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+                     *, output_size: Optional[Sequence[int]] = None, channels_last: bool = False, precision: Any = None,
+                     preferred_element_type: Optional[DTypeLike] = None, lowering: str = "auto") -> jax.Array:
+    return _apply("conv_transpose1d", _conv_transpose_spec, 1, locals())
+
+
+@_public(2, transposed=True)
+def conv_transpose2d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+                     *, output_size: Optional[Sequence[int]] = None, channels_last: bool = False, precision: Any = None,
+                     preferred_element_type: Optional[DTypeLike] = None, lowering: str = "auto") -> jax.Array:
+    return _apply("conv_transpose2d", _conv_transpose_spec, 2, locals())
+
+
+@_public(3, transposed=True)
+def conv_transpose3d(input: Array, weight: Array, bias: Optional[Array] = None, stride: IntOrTuple = 1,
+                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1, dilation: IntOrTuple = 1,
+                     *, output_size: Optional[Sequence[int]] = None, channels_last: bool = False, precision: Any = None,
+                     preferred_element_type: Optional[DTypeLike] = None, lowering: str = "auto") -> jax.Array:
+    return _apply("conv_transpose3d", _conv_transpose_spec, 3, locals())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,14 @@ import numpy as np
 
 from jconv import functional
 from jconv.arrays import is_numeric, to_numpy
-from jconv.spec import PADDING_MODES, SUPPORTED_DTYPES, check_lowering, check_precision, int_tuple
+from jconv.spec import (
+    SUPPORTED_DTYPES, check_lowering, check_output_padding, check_padding_amounts, check_padding_mode,
+    check_precision, check_stride_and_dilation, int_tuple)
+
+
+# jconv's own module arguments (beyond PyTorch's) and their defaults.
+OPTION_DEFAULTS = {"dtype": None, "param_dtype": jnp.float32, "channels_last": False, "precision": None,
+                   "lowering": "auto"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,14 @@ class LayerConfig:
         if self.transposed:
             return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def parameter_shapes(self) -> dict:
+        """PyTorch's state_dict keys and shapes ("bias" only with one)."""
+        shapes = {"weight": self.weight_shape}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
 
     @property
     def fan_in(self) -> int:
@@ -86,6 +101,10 @@ class LayerConfig:
         return fn(x, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                   padding_mode=self.padding_mode, **common)
 
+    def module_repr(self, module: Any) -> str:
+        """`Conv2d(3, 16, kernel_size=(3, 3), ...)`, as PyTorch prints the module, then jconv's non-defaults."""
+        return f"{self.name}({self.extra_repr(**{key: getattr(module, key) for key in OPTION_DEFAULTS})})"
+
     def extra_repr(self, **jconv_options) -> str:
         """PyTorch's extra_repr (only non-default arguments beyond the first four), then jconv's non-defaults."""
         n = self.ndim
@@ -102,10 +121,9 @@ class LayerConfig:
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
-        defaults = {"dtype": None, "param_dtype": jnp.float32, "channels_last": False, "precision": None,
-                    "lowering": "auto"}
         for key, value in jconv_options.items():
-            if key in defaults and value is not defaults[key] and value != defaults[key]:
+            default = OPTION_DEFAULTS.get(key)
+            if key in OPTION_DEFAULTS and value is not default and value != default:
                 shown = jnp.dtype(value).name if key.endswith("dtype") and value is not None else repr(value)
                 s += f", {key}={shown}"
         return s
@@ -130,16 +148,10 @@ def make_config(name: str, ndim: int, transposed: bool, in_channels, out_channel
     kernel = int_tuple(name, "kernel_size", kernel_size, ndim)
     if any(k <= 0 for k in kernel):
         raise ValueError(f"{name}: kernel_size must be positive, but got kernel_size={kernel}")
-    stride_t = int_tuple(name, "stride", stride, ndim)
-    dilation_t = int_tuple(name, "dilation", dilation, ndim)
-    if any(s <= 0 for s in stride_t):
-        raise ValueError(f"{name}: non-positive stride is not supported, but got stride={stride_t}")
-    if any(d <= 0 for d in dilation_t):
-        raise ValueError(f"{name}: non-positive dilation is not supported, but got dilation={dilation_t}")
-    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-        raise ValueError(f"{name}: padding_mode must be one of {list(PADDING_MODES)}, but got "
-                         f"padding_mode={padding_mode!r}")
+    stride_t, dilation_t = check_stride_and_dilation(name, stride, dilation, ndim)
+    padding_mode = check_padding_mode(name, padding_mode, transposed)
     if isinstance(padding, str):
+        # nn.ConvNd's own message (F.conv2d's differs; spec has that one).
         if transposed:
             raise ValueError(f"{name}: padding must be an int or a tuple of ints, but got padding={padding!r}")
         if padding not in ("same", "valid"):
@@ -148,18 +160,10 @@ def make_config(name: str, ndim: int, transposed: bool, in_channels, out_channel
             raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
         padding_t = padding
     else:
-        padding_t = int_tuple(name, "padding", padding, ndim)
-        if any(p < 0 for p in padding_t):
-            raise ValueError(f"{name}: negative padding is not supported, but got padding={padding_t}")
+        padding_t = check_padding_amounts(name, padding, ndim)
     output_padding_t = int_tuple(name, "output_padding", output_padding, ndim)
     if transposed:
-        if padding_mode != "zeros":
-            raise ValueError(f'{name}: Only "zeros" padding mode is supported for {name}')
-        if any(p < 0 for p in output_padding_t):
-            raise ValueError(f"{name}: negative output_padding is not supported, but got {output_padding_t}")
-        if any(p >= s and p >= d for p, s, d in zip(output_padding_t, stride_t, dilation_t)):
-            raise ValueError(f"{name}: output padding must be smaller than either stride or dilation, but got "
-                             f"output_padding={output_padding_t}, stride={stride_t}, dilation={dilation_t}")
+        check_output_padding(name, output_padding_t, stride_t, dilation_t)
     elif any(output_padding_t):
         raise ValueError(f"{name}: output_padding is only accepted by transposed convolutions")
     if not isinstance(bias, (bool, np.bool_)):

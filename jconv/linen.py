@@ -20,8 +20,13 @@ from jconv.layers import LayerConfig, check_options, check_state_dict, make_conf
 
 
 class _ConvBase(linen.Module):
+    transposed = False
+
+    @linen.nowrap
     def _config(self) -> LayerConfig:
-        raise NotImplementedError
+        return make_config(type(self).__name__, self.ndim, self.transposed, self.in_channels, self.out_channels,
+                           self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.bias,
+                           self.padding_mode, getattr(self, "output_padding", 0))
 
     def __post_init__(self):
         self._config()  # validate eagerly, with PyTorch's rules
@@ -31,15 +36,17 @@ class _ConvBase(linen.Module):
             object.__setattr__(self, field, value)
         super().__post_init__()
 
-    def _params(self):
+    @linen.compact
+    def __call__(self, x, output_size=None):
+        """The convolution of x (output_size: transposed modules only, as in PyTorch)."""
         config = self._config()
         weight = self.param("weight", config.uniform, config.weight_shape, self.param_dtype)  # PyTorch's init
         bias = self.param("bias", config.uniform, (config.out_channels,), self.param_dtype) if config.bias else None
-        return config, weight, bias
+        return config.apply(x, weight, bias, output_size=output_size, dtype=self.dtype,
+                            channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
 
     def __repr__(self) -> str:
-        config = self._config()
-        return f"{config.name}({config.extra_repr(dtype=self.dtype, param_dtype=self.param_dtype, channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)})"
+        return self._config().module_repr(self)
 
 
 class _ConvNd(_ConvBase):
@@ -58,19 +65,10 @@ class _ConvNd(_ConvBase):
     precision: Any = None
     lowering: str = "auto"
 
-    def _config(self) -> LayerConfig:
-        return make_config(type(self).__name__, self.ndim, False, self.in_channels, self.out_channels,
-                           self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.bias,
-                           self.padding_mode)
-
-    @linen.compact
-    def __call__(self, x):
-        config, weight, bias = self._params()
-        return config.apply(x, weight, bias, dtype=self.dtype, channels_last=self.channels_last,
-                            precision=self.precision, lowering=self.lowering)
 
 
 class _ConvTransposeNd(_ConvBase):
+    transposed = True
     in_channels: int
     out_channels: int
     kernel_size: Any
@@ -87,16 +85,6 @@ class _ConvTransposeNd(_ConvBase):
     precision: Any = None
     lowering: str = "auto"
 
-    def _config(self) -> LayerConfig:
-        return make_config(type(self).__name__, self.ndim, True, self.in_channels, self.out_channels,
-                           self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.bias,
-                           self.padding_mode, self.output_padding)
-
-    @linen.compact
-    def __call__(self, x, output_size=None):
-        config, weight, bias = self._params()
-        return config.apply(x, weight, bias, output_size=output_size, dtype=self.dtype,
-                            channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
 
 
 class Conv1d(_ConvNd):
@@ -129,10 +117,7 @@ _CLASSES = {c.__name__: c for c in (Conv1d, Conv2d, Conv3d, ConvTranspose1d, Con
 def params_from_state_dict(module: _ConvBase, state_dict: Mapping[str, Any], strict: bool = True) -> dict:
     """A PyTorch state_dict as this module's params {"weight", "bias"}, checked like torch's load_state_dict."""
     config = module._config()
-    expected = {"weight": config.weight_shape}
-    if config.bias:
-        expected["bias"] = (config.out_channels,)
-    arrays = check_state_dict(config.name, state_dict, expected, strict, module.param_dtype)
+    arrays = check_state_dict(config.name, state_dict, config.parameter_shapes, strict, module.param_dtype)
     return {k: jnp.asarray(v, module.param_dtype) for k, v in arrays.items()}
 
 

@@ -40,7 +40,8 @@ class _ConvBase(nnx.Module):
         self.weight = nnx.Param(weight)
         self.bias = nnx.Param(bias) if bias is not None else None
 
-    def _forward(self, x, output_size=None):
+    def __call__(self, x, output_size=None):
+        """The convolution of x (output_size: transposed modules only, as in PyTorch)."""
         return self.config.apply(
             x, self.weight[...], None if self.bias is None else self.bias[...], output_size=output_size,
             dtype=self.dtype, channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
@@ -65,10 +66,8 @@ class _ConvBase(nnx.Module):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Load PyTorch-keyed arrays (NumPy, JAX, torch tensors, anything with __array__), cast to param_dtype."""
-        expected = {"weight": self.config.weight_shape}
-        if self.bias is not None:
-            expected["bias"] = (self.config.out_channels,)
-        arrays = check_state_dict(self.config.name, state_dict, expected, strict, self.weight[...].dtype)
+        arrays = check_state_dict(self.config.name, state_dict, self.config.parameter_shapes, strict,
+                                  self.weight[...].dtype)
         if "weight" in arrays:
             self.weight[...] = jnp.asarray(arrays["weight"], self.weight[...].dtype)
         if "bias" in arrays:
@@ -86,7 +85,7 @@ class _ConvBase(nnx.Module):
         return layer
 
     def __repr__(self) -> str:
-        return f"{self.config.name}({self.config.extra_repr(dtype=self.dtype, param_dtype=self.param_dtype, channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)})"
+        return self.config.module_repr(self)
 
     __str__ = __repr__  # print(layer) as in PyTorch (NNX's own __str__ prints the whole tree)
 
@@ -102,9 +101,6 @@ class _ConvNd(_ConvBase):
                              padding, dilation, groups, bias, padding_mode)
         self._setup(config, dtype, param_dtype, channels_last, precision, lowering, rngs)
 
-    def __call__(self, x):
-        return self._forward(x)
-
 
 class _ConvTransposeNd(_ConvBase):
     ndim = 0
@@ -116,9 +112,6 @@ class _ConvTransposeNd(_ConvBase):
         config = make_config(type(self).__name__, self.ndim, True, in_channels, out_channels, kernel_size, stride,
                              padding, dilation, groups, bias, padding_mode, output_padding)
         self._setup(config, dtype, param_dtype, channels_last, precision, lowering, rngs)
-
-    def __call__(self, x, output_size=None):
-        return self._forward(x, output_size)
 
 
 class Conv1d(_ConvNd):

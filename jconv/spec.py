@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jconv import lowerings
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # torch.nn.functional's floating-point and complex conv dtypes (its integer convs on CPU are not supported).
@@ -110,8 +112,14 @@ class ConvSpec:
 
     @property
     def is_depthwise(self) -> bool:
-        """groups == in_channels (any channel multiplier)."""
-        return self.groups == self.in_channels and self.groups > 1
+        """Every input channel is its own group (groups == in_channels, one channel included), with any channel
+        multiplier: the convs the tap-sum lowerings take."""
+        return self.in_per_group == 1
+
+    @property
+    def channel_multiplier(self) -> int:
+        """Output channels per input channel of a depthwise conv."""
+        return self.out_channels // self.in_channels
 
     @property
     def in_per_group(self) -> int:
@@ -191,12 +199,9 @@ def _check_dtype(op: str, name: str, dtype: Any) -> np.dtype:
 
 
 def check_lowering(op: str, lowering: Any) -> str:
-    # Imported here: dispatch imports this module for ConvSpec.
-    from jconv.dispatch import LOWERING_NAMES
-
     if not isinstance(lowering, str):
         raise TypeError(f"{op}: lowering must be a string, but got {lowering!r} ({type(lowering).__name__})")
-    choices = ("auto",) + LOWERING_NAMES
+    choices = ("auto",) + lowerings.NAMES
     if lowering not in choices:
         raise ValueError(f"{op}: unknown lowering={lowering!r}; expected one of {list(choices)}")
     return lowering
@@ -245,13 +250,62 @@ def _resolve_conv_padding(op: str, padding: Any, n: int, kernel_size, dilation, 
                 pads.append((lo, total - lo))
             return tuple(pads)
         raise ValueError(f"{op}: Invalid padding string: {padding!r}; expected 'valid', 'same', an int or a tuple")
+    return tuple((p, p) for p in check_padding_amounts(op, padding, n))
+
+
+# --- checks shared with the modules' constructors (jconv.layers) --------------------------------------------
+
+
+def check_stride_and_dilation(op: str, stride: IntOrTuple, dilation: IntOrTuple, n: int) -> Tuple[Tuple[int, ...], ...]:
+    stride_t = int_tuple(op, "stride", stride, n)
+    dilation_t = int_tuple(op, "dilation", dilation, n)
+    if any(s <= 0 for s in stride_t):
+        raise ValueError(f"{op}: non-positive stride is not supported, but got stride={stride_t}")
+    if any(d <= 0 for d in dilation_t):
+        raise ValueError(f"{op}: non-positive dilation is not supported, but got dilation={dilation_t}")
+    return stride_t, dilation_t
+
+
+def check_padding_mode(op: str, padding_mode: Any, transposed: bool) -> str:
+    if not isinstance(padding_mode, str):
+        raise TypeError(f"{op}: padding_mode must be a string, but got {padding_mode!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"{op}: padding_mode must be one of {list(PADDING_MODES)}, but got padding_mode={padding_mode!r}"
+        )
+    if transposed and padding_mode != "zeros":
+        raise ValueError(f'{op}: Only "zeros" padding mode is supported for {op}, but got {padding_mode!r}')
+    return padding_mode
+
+
+def check_padding_amounts(op: str, padding: IntOrTuple, n: int) -> Tuple[int, ...]:
     amounts = int_tuple(op, "padding", padding, n)
     if any(p < 0 for p in amounts):
         raise ValueError(f"{op}: negative padding is not supported, but got padding={amounts}")
-    return tuple((p, p) for p in amounts)
+    return amounts
+
+
+def check_output_padding(op: str, output_padding: Tuple[int, ...], stride: Tuple[int, ...],
+                         dilation: Tuple[int, ...]) -> Tuple[int, ...]:
+    if any(p < 0 for p in output_padding):
+        raise ValueError(f"{op}: negative output_padding is not supported, but got {output_padding}")
+    if any(p >= s and p >= d for p, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(
+            f"{op}: output padding must be smaller than either stride or dilation, but got "
+            f"output_padding={output_padding}, stride={stride}, dilation={dilation}"
+        )
+    return output_padding
 
 
 # --- the one constructor ----------------------------------------------------------------------------------
+
+
+class _InputLayout(NamedTuple):
+    batched: bool
+    batched_shape: Tuple[int, ...]  # the input's shape with a batch axis
+    batch: int
+    in_channels: int
+    in_spatial: Tuple[int, ...]
 
 
 def make_spec(
@@ -282,8 +336,48 @@ def make_spec(
     n = ndim
     input_shape = tuple(int(s) for s in input_shape)
     weight_shape = tuple(int(s) for s in weight_shape)
+    layout = _input_layout(op, n, transposed, input_shape, weight_shape, channels_last)
+    dtype, preferred_element_type = _check_dtypes(
+        op, input_dtype, weight_dtype, bias_shape, bias_dtype, preferred_element_type)
+    stride_t, dilation_t = check_stride_and_dilation(op, stride, dilation, n)
+    groups = _as_int(op, "groups", groups)
+    if groups <= 0:
+        raise ValueError(f"{op}: non-positive groups is not supported, but got groups={groups}")
+    padding_mode = check_padding_mode(op, padding_mode, transposed=False)
+    lowering = check_lowering(op, lowering)
+    precision = check_precision(op, precision)
+    kernel_size = weight_shape[2:]
+    out_channels = _check_weight_and_bias(op, transposed, weight_shape, bias_shape, groups, layout, channels_last)
+    # Only batch and channels may be empty (PyTorch's rule).
+    if any(s == 0 for s in layout.in_spatial):
+        raise ValueError(
+            f"{op}: Only zero batch or zero channel inputs are supported, but got input shape: "
+            f"{_fmt_shape(layout.batched_shape)}"
+        )
+    if transposed:
+        pads, output_padding_t = _transposed_padding(op, padding, padding_mode, output_padding, output_size, layout,
+                                                     stride_t, dilation_t, kernel_size)
+    else:
+        if output_size is not None:
+            raise TypeError(f"{op}: output_size is only accepted by transposed convolutions")
+        pads = _resolve_conv_padding(op, padding, n, kernel_size, dilation_t, stride_t)
+        output_padding_t = (0,) * n
+        _check_mode_padding(op, padding_mode, pads, layout.in_spatial, layout.batched_shape, channels_last)
+    spec = ConvSpec(
+        explicit_sharding=_sharding_roles(explicitly_sharded_axes, n, layout.batched, channels_last),
+        op=op, ndim=n, transposed=transposed, batched=layout.batched, channels_last=channels_last,
+        batch=layout.batch, in_channels=layout.in_channels, out_channels=out_channels,
+        in_spatial=tuple(layout.in_spatial), kernel_size=tuple(kernel_size), stride=stride_t, padding=pads,
+        dilation=dilation_t, output_padding=output_padding_t, groups=groups, padding_mode=padding_mode, dtype=dtype,
+        has_bias=bias_shape is not None, precision=precision, preferred_element_type=preferred_element_type,
+        lowering=lowering,
+    )
+    _check_output_not_empty(spec)
+    return spec
 
-    # Ranks.
+
+def _input_layout(op, n, transposed, input_shape, weight_shape, channels_last) -> _InputLayout:
+    """Ranks of input and weight, and where batch, channels and spatial axes are in the input."""
     if len(input_shape) not in (n + 1, n + 2):
         raise ValueError(
             f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to {op}, but got input of size: "
@@ -297,15 +391,15 @@ def make_spec(
         )
     if not isinstance(channels_last, (bool, np.bool_)):
         raise TypeError(f"{op}: channels_last must be a bool, but got {channels_last!r}")
-    channels_last = bool(channels_last)
     batched = len(input_shape) == n + 2
     batched_shape = input_shape if batched else (1, *input_shape)
     if channels_last:
-        batch, in_spatial, in_channels = batched_shape[0], batched_shape[1:-1], batched_shape[-1]
-    else:
-        batch, in_channels, in_spatial = batched_shape[0], batched_shape[1], batched_shape[2:]
+        return _InputLayout(batched, batched_shape, batched_shape[0], batched_shape[-1], batched_shape[1:-1])
+    return _InputLayout(batched, batched_shape, batched_shape[0], batched_shape[1], batched_shape[2:])
 
-    # Dtypes: input, weight and bias must agree, as in PyTorch.
+
+def _check_dtypes(op, input_dtype, weight_dtype, bias_shape, bias_dtype, preferred_element_type):
+    """Input, weight and bias must agree, as in PyTorch; returns (their dtype, preferred_element_type)."""
     in_dt = _check_dtype(op, "input", input_dtype)
     w_dt = _check_dtype(op, "weight", weight_dtype)
     if in_dt != w_dt:
@@ -314,40 +408,24 @@ def make_spec(
         b_dt = _check_dtype(op, "bias", bias_dtype)
         if b_dt != in_dt:
             raise TypeError(f"{op}: Input type ({in_dt.name}) and bias type ({b_dt.name}) should be the same")
-    if preferred_element_type is not None:
-        preferred_element_type = _check_dtype(op, "preferred_element_type", preferred_element_type)
-        complex_input = jnp.issubdtype(in_dt, jnp.complexfloating)
-        if jnp.issubdtype(preferred_element_type, jnp.complexfloating) != complex_input:
-            raise TypeError(f"{op}: preferred_element_type={preferred_element_type.name} for a {in_dt.name} input: "
-                            f"expected a {'complex' if complex_input else 'real'} dtype")
-        if preferred_element_type.itemsize < in_dt.itemsize:
-            # lax refuses a narrowing accumulation type; every lowering refuses it here, so a call behaves the
-            # same whichever lowering (and so whichever device) runs it.
-            raise TypeError(f"{op}: preferred_element_type={preferred_element_type.name} is narrower than the "
-                            f"{in_dt.name} input; expected a dtype at least as wide (or None), as "
-                            "lax.conv_general_dilated requires. Cast the output instead.")
+    if preferred_element_type is None:
+        return in_dt, None
+    preferred = _check_dtype(op, "preferred_element_type", preferred_element_type)
+    complex_input = jnp.issubdtype(in_dt, jnp.complexfloating)
+    if jnp.issubdtype(preferred, jnp.complexfloating) != complex_input:
+        raise TypeError(f"{op}: preferred_element_type={preferred.name} for a {in_dt.name} input: "
+                        f"expected a {'complex' if complex_input else 'real'} dtype")
+    if preferred.itemsize < in_dt.itemsize:
+        # lax refuses a narrowing accumulation type; every lowering refuses it here, so a call behaves the same
+        # whichever lowering (and so whichever device) runs it.
+        raise TypeError(f"{op}: preferred_element_type={preferred.name} is narrower than the {in_dt.name} input; "
+                        "expected a dtype at least as wide (or None), as lax.conv_general_dilated requires. Cast "
+                        "the output instead.")
+    return in_dt, preferred
 
-    # Scalar hyper-parameters.
-    stride_t = int_tuple(op, "stride", stride, n)
-    dilation_t = int_tuple(op, "dilation", dilation, n)
-    if any(s <= 0 for s in stride_t):
-        raise ValueError(f"{op}: non-positive stride is not supported, but got stride={stride_t}")
-    if any(d <= 0 for d in dilation_t):
-        raise ValueError(f"{op}: non-positive dilation is not supported, but got dilation={dilation_t}")
-    groups = _as_int(op, "groups", groups)
-    if groups <= 0:
-        raise ValueError(f"{op}: non-positive groups is not supported, but got groups={groups}")
-    if not isinstance(padding_mode, str):
-        raise TypeError(f"{op}: padding_mode must be a string, but got {padding_mode!r}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(
-            f"{op}: padding_mode must be one of {list(PADDING_MODES)}, but got padding_mode={padding_mode!r}"
-        )
-    lowering = check_lowering(op, lowering)
-    precision = check_precision(op, precision)
 
-    # Weight against groups and input channels.
-    kernel_size = weight_shape[2:]
+def _check_weight_and_bias(op, transposed, weight_shape, bias_shape, groups, layout, channels_last) -> int:
+    """The weight against groups and the input's channels, the bias against the weight; returns out_channels."""
     w_dim0 = weight_shape[0]
     if w_dim0 < groups:
         raise ValueError(
@@ -359,8 +437,8 @@ def make_spec(
             f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, but got "
             f"weight of size {_fmt_shape(weight_shape)} instead"
         )
-    full_in_shape = _fmt_shape(batched_shape if not channels_last else
-                               (batched_shape[0], batched_shape[-1], *batched_shape[1:-1]))
+    shape = layout.batched_shape
+    full_in_shape = _fmt_shape(shape if not channels_last else (shape[0], shape[-1], *shape[1:-1]))
     if transposed:
         expected_in = w_dim0
         out_channels = weight_shape[1] * groups
@@ -369,10 +447,10 @@ def make_spec(
         expected_in = weight_shape[1] * groups
         out_channels = w_dim0
         prefix = f"Given groups={groups}, weight of size {_fmt_shape(weight_shape)}"
-    if in_channels != expected_in:
+    if layout.in_channels != expected_in:
         raise ValueError(
             f"{op}: {prefix}, expected input{full_in_shape} to have {expected_in} channels, but got "
-            f"{in_channels} channels instead"
+            f"{layout.in_channels} channels instead"
         )
     if transposed and out_channels == 0:
         # torch.nn.functional raises for it too (a oneDNN error on CPU); refused here, for every lowering alike.
@@ -386,75 +464,54 @@ def make_spec(
             f"{op}: {who} of size {_fmt_shape(weight_shape)}, expected bias to be 1-dimensional with "
             f"{out_channels} elements, but got bias of size {_fmt_shape(bias_shape)} instead"
         )
-    if any(k <= 0 for k in kernel_size):
+    if any(k <= 0 for k in weight_shape[2:]):
         raise ValueError(f"{op}: kernel size must be positive, but got weight of size {_fmt_shape(weight_shape)}")
+    return out_channels
 
-    # Only batch and channels may be empty (PyTorch's rule).
-    if any(s == 0 for s in in_spatial):
-        raise ValueError(
-            f"{op}: Only zero batch or zero channel inputs are supported, but got input shape: "
-            f"{_fmt_shape(batched_shape)}"
-        )
 
-    if transposed:
-        if isinstance(padding, str):
-            raise TypeError(f"{op}: argument 'padding' must be an int or a tuple of ints, not str ({padding!r})")
-        if padding_mode != "zeros":
-            raise ValueError(f'{op}: Only "zeros" padding mode is supported for {op}, but got {padding_mode!r}')
-        pad_amounts = int_tuple(op, "padding", padding, n)
-        if any(p < 0 for p in pad_amounts):
-            raise ValueError(f"{op}: negative padding is not supported, but got padding={pad_amounts}")
-        pads = tuple((p, p) for p in pad_amounts)
-        if output_size is not None:
-            output_padding_t = _output_padding_from_size(
-                op, output_size, batched, n, in_spatial, stride_t, pad_amounts, dilation_t, kernel_size)
-        else:
-            output_padding_t = int_tuple(op, "output_padding", output_padding, n)
-        if any(p < 0 for p in output_padding_t):
-            raise ValueError(f"{op}: negative output_padding is not supported, but got {output_padding_t}")
-        if any(p >= s and p >= d for p, s, d in zip(output_padding_t, stride_t, dilation_t)):
-            raise ValueError(
-                f"{op}: output padding must be smaller than either stride or dilation, but got "
-                f"output_padding={output_padding_t}, stride={stride_t}, dilation={dilation_t}"
-            )
+def _transposed_padding(op, padding, padding_mode, output_padding, output_size, layout, stride, dilation,
+                        kernel_size) -> Tuple[Pads, Tuple[int, ...]]:
+    """A transposed conv's (lo, hi) pads and output_padding (from output_size where given)."""
+    if isinstance(padding, str):
+        raise TypeError(f"{op}: argument 'padding' must be an int or a tuple of ints, not str ({padding!r})")
+    check_padding_mode(op, padding_mode, transposed=True)
+    n = len(stride)
+    amounts = check_padding_amounts(op, padding, n)
+    if output_size is not None:
+        output_padding_t = _output_padding_from_size(
+            op, output_size, layout.batched, n, layout.in_spatial, stride, amounts, dilation, kernel_size)
     else:
-        if output_size is not None:
-            raise TypeError(f"{op}: output_size is only accepted by transposed convolutions")
-        pads = _resolve_conv_padding(op, padding, n, kernel_size, dilation_t, stride_t)
-        output_padding_t = (0,) * n
-        _check_mode_padding(op, padding_mode, pads, in_spatial, batched_shape, channels_last)
+        output_padding_t = int_tuple(op, "output_padding", output_padding, n)
+    return tuple((p, p) for p in amounts), check_output_padding(op, output_padding_t, stride, dilation)
 
-    roles = []
+
+def _sharding_roles(explicitly_sharded_axes, n, batched, channels_last) -> Tuple[str, ...]:
+    """The roles ("batch", "channel", "spatial") of the input axes sharded over an Explicit mesh axis."""
+    roles = set()
+    channel = n + 1 if channels_last else 1
     for axis in explicitly_sharded_axes:
         axis = axis + (0 if batched else 1)  # index in the batched shape
-        channel = n + 1 if channels_last else 1
-        roles.append("batch" if axis == 0 else "channel" if axis == channel else "spatial")
-    spec = ConvSpec(
-        explicit_sharding=tuple(sorted(set(roles))),
-        op=op, ndim=n, transposed=transposed, batched=batched, channels_last=channels_last, batch=batch,
-        in_channels=in_channels, out_channels=out_channels, in_spatial=tuple(in_spatial),
-        kernel_size=tuple(kernel_size), stride=stride_t, padding=pads, dilation=dilation_t,
-        output_padding=output_padding_t, groups=groups, padding_mode=padding_mode, dtype=in_dt,
-        has_bias=bias_shape is not None, precision=precision, preferred_element_type=preferred_element_type,
-        lowering=lowering,
-    )
+        roles.add("batch" if axis == 0 else "channel" if axis == channel else "spatial")
+    return tuple(sorted(roles))
 
-    if transposed:
+
+def _check_output_not_empty(spec: ConvSpec) -> None:
+    op = spec.op
+    if spec.transposed:
         if any(o <= 0 for o in spec.out_spatial):
             raise ValueError(
-                f"{op}: Given input size per channel: ({' x '.join(map(str, in_spatial))}). Calculated output "
+                f"{op}: Given input size per channel: ({' x '.join(map(str, spec.in_spatial))}). Calculated output "
                 f"size per channel: ({' x '.join(map(str, spec.out_spatial))}). Output size is too small"
             )
-    else:
-        padded = tuple(i + lo + hi for i, (lo, hi) in zip(in_spatial, pads))
-        dilated_kernel = tuple(d * (k - 1) + 1 for d, k in zip(dilation_t, kernel_size))
-        if any(p < k for p, k in zip(padded, dilated_kernel)):
-            raise ValueError(
-                f"{op}: Calculated padded input size per channel: ({' x '.join(map(str, padded))}). "
-                f"Kernel size: ({' x '.join(map(str, dilated_kernel))}). "
-                f"Kernel size can't be greater than actual input size"
-            )
-    return spec
+        return
+    padded = tuple(i + lo + hi for i, (lo, hi) in zip(spec.in_spatial, spec.padding))
+    dilated_kernel = tuple(d * (k - 1) + 1 for d, k in zip(spec.dilation, spec.kernel_size))
+    if any(p < k for p, k in zip(padded, dilated_kernel)):
+        raise ValueError(
+            f"{op}: Calculated padded input size per channel: ({' x '.join(map(str, padded))}). "
+            f"Kernel size: ({' x '.join(map(str, dilated_kernel))}). "
+            f"Kernel size can't be greater than actual input size"
+        )
 
 
 def _check_mode_padding(op, padding_mode, pads, in_spatial, batched_shape, channels_last) -> None:

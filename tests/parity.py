@@ -36,7 +36,7 @@ def build_spec(case: Case, lowering: str, x, w, b):
 def accepted(case: Case, lowering: str, dtype=jnp.float64) -> bool:
     x, w, b = _as_jax(dtype, *case.arrays())
     spec = build_spec(case, lowering, x, w, b)
-    return dispatch.LOWERINGS[lowering].accepts(spec) is None if lowering != "auto" else True
+    return dispatch.LOWERINGS[lowering].refusal(spec) is None if lowering != "auto" else True
 
 
 def _jconv_call(case: Case, lowering: str):

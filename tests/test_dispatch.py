@@ -46,7 +46,7 @@ def test_auto_on_unmeasured_platforms_keeps_xla(fn, xs, ws, kw, expected):
 
 def test_every_rule_cites_a_measurement_or_reason():
     for rule in dispatch.RULES:
-        assert rule.lowering in dispatch.LOWERINGS and len(rule.why) > 20
+        assert rule.lowering in dispatch.LOWERINGS and len(rule.reason) > 20
     assert dispatch.RULES[-1].when(None) and dispatch.RULES[-1].lowering == "xla"  # the catch-all comes last
 
 
@@ -67,7 +67,7 @@ def test_explicit_lowering_that_cannot_handle_the_call_is_a_clear_error(lowering
 def test_every_lowering_declares_its_interface():
     for name, module in dispatch.LOWERINGS.items():
         assert module.NAME == name and isinstance(module.DETERMINISTIC, bool)
-        assert callable(module.accepts) and callable(module.lower)
+        assert callable(module.refusal) and callable(module.lower)
 
 
 @pytest.mark.parametrize("lowering,fn,kwargs", [

@@ -293,3 +293,9 @@ def test_jit_grad_split_merge():
     params = module.init(jax.random.PRNGKey(0), x)["params"]
     g = jax.jit(jax.grad(lambda p: (module.apply({"params": p}, x) ** 2).mean()))(params)
     assert g["weight"].shape == (4, 1, 3, 3) and g["bias"].shape == (4,)
+
+
+def test_linen_modules_tabulate():
+    """Flax's Module.tabulate traces the module with interceptors; the config is built outside them (nn.nowrap)."""
+    table = jl.ConvTranspose2d(3, 4, 3, stride=2).tabulate(jax.random.key(0), jnp.ones((1, 3, 5, 5), jnp.float32))
+    assert "ConvTranspose2d" in table and "weight" in table and "112 " in table  # 3*4*3*3 + 4 parameters

@@ -19,15 +19,20 @@ def rand(*shape, seed=0, dtype=jnp.float32):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
+def lax_depthwise_nhwc(x, w, dilation):
+    """The kernels' contract in plain lax: a stride-1, unpadded depthwise conv of NHWC x with (kH, kW, C) w."""
+    return jax.lax.conv_general_dilated(x, w[:, :, None, :], (1, 1), "VALID", rhs_dilation=dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+                                        precision="highest")
+
+
 @pytest.mark.parametrize("blocks", [depthwise.BlockSizes(2, 4), depthwise.BlockSizes(8, 32)])
 def test_kernel_tiles_cover_odd_sizes(blocks):
     """Many row and channel tiles, sizes that are not powers of two, dilation: against a plain XLA conv."""
     x = rand(2, 13, 11, 12)  # NHWC, already padded
     w = rand(3, 2, 12, seed=1)
     y = depthwise.depthwise_stride1(x, w, (2, 3), blocks)
-    ref = jax.lax.conv_general_dilated(x, w[:, :, None, :], (1, 1), "VALID", rhs_dilation=(2, 3),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=12,
-                                       precision="highest")
+    ref = lax_depthwise_nhwc(x, w, (2, 3))
     assert y.shape == ref.shape == (2, 9, 8, 12)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
@@ -35,10 +40,7 @@ def test_kernel_tiles_cover_odd_sizes(blocks):
 def test_weight_grad_kernel_matches_autodiff_of_lax():
     x, g = rand(3, 10, 9, 5), rand(3, 8, 5, 5, seed=2)
     dw = depthwise.depthwise_weight_grad(x, g, (3, 3), (1, 2), depthwise.BlockSizes(2, 4))
-    f = lambda w: jax.lax.conv_general_dilated(x, w[:, :, None, :], (1, 1), "VALID", rhs_dilation=(1, 2),
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5,
-                                               precision="highest")
-    ref = jax.vjp(f, jnp.zeros((3, 3, 5), jnp.float32))[1](g)[0]
+    ref = jax.vjp(lambda w: lax_depthwise_nhwc(x, w, (1, 2)), jnp.zeros((3, 3, 5), jnp.float32))[1](g)[0]
     np.testing.assert_allclose(np.asarray(dw), np.asarray(ref), rtol=1e-5, atol=1e-4)
 
 

@@ -191,9 +191,9 @@ def test_taps_weight_gradient_from_the_padded_output_gradient(case):
     from jconv.lowerings import taps
 
     spec = build_spec(case, "taps", *map(jnp.asarray, case.arrays()[:2]), None)
-    batch_blocks = min(case.batch, taps.SUMMED_BLOCKS)
-    assert taps.weight_grad_form(spec) == "summed" and case.batch % batch_blocks == 0
-    assert taps._reads_the_padded_output_grad(spec, batch_blocks, 1, 0)
+    blocks = taps._summing_blocks(spec, case.batch)
+    assert taps.weight_grad_form(spec) == "summed" and blocks.row_blocks == 1 and blocks.extra_batch == 0
+    assert taps._reads_the_padded_output_grad(spec, blocks)
     assert_parity(case, "taps")
 
 

@@ -80,8 +80,8 @@ class UpstreamBugPresent(Exception):
 
 @pytest.mark.xfail(strict=True, raises=UpstreamBugPresent,
                    reason="XLA SPMD bug (jaxlib 0.10.2): the weight gradient of a strided lax.conv_general_dilated is "
-                   "wrong when the input is sharded over a spatial axis whose output shards are uneven; README, "
-                   "'Multiple devices'. Strict: this fails once XLA fixes it, to have the README updated.")
+                   "wrong when the input is sharded over a spatial axis whose output shards are uneven; docs/devices.md, "
+                   "'Multiple devices'. Strict: this fails once XLA fixes it, to have docs/devices.md updated.")
 def test_upstream_gspmd_strided_conv_weight_gradient():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JCONV_DETERMINISTIC")}
     proc = subprocess.run([sys.executable, UPSTREAM_REPRO], capture_output=True, text=True, timeout=300, env=env)

@@ -60,9 +60,9 @@ def test_eager_calls_reuse_the_compiled_core():
     """The spec is the cache key of jconv's jitted core: equal configs written differently hit one entry."""
     x, w = rand(1, 3, 8, 8), rand(5, 3, 3, 3)
     jconv.conv2d(x, w, stride=2, padding=1)
-    before = functional._run._cache_size()
+    before = functional._compiled_apply_lowering._cache_size()
     jconv.conv2d(x + 1, w, stride=(2, 2), padding=[1, 1], dilation=(1,))
-    assert functional._run._cache_size() == before
+    assert functional._compiled_apply_lowering._cache_size() == before
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -413,17 +413,14 @@ def test_explain_names_the_lowering():
 
 
 def test_float32_grid_against_torch():
-    from parity import assert_parity
-    from references import Case
+    from parity import jconv_forward_and_grads
+    from references import Case, torch_forward_and_grads
 
     for case in [Case(n=2, transposed=False, batch=2, in_channels=4, out_channels=4, spatial=(9, 9), kernel=(3, 3),
                       groups=4, padding=1),
                  Case(n=1, transposed=True, batch=2, in_channels=3, out_channels=2, spatial=(7,), kernel=(4,),
                       stride=(2,), padding=1)]:
         x, w, b = case.arrays()
-        from parity import jconv_forward_and_grads
-        from references import torch_forward_and_grads
-
         cot = np.ones(torch_forward_and_grads(case, x, w, b, np.zeros(1))[0].shape)
         expected = torch_forward_and_grads(case, x, w, b, cot)
         got = jconv_forward_and_grads(case, "auto", x, w, b, cot, dtype=jnp.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -64,15 +65,44 @@ def padded_spatial(spec: ConvSpec) -> tuple:
     return tuple(i + lo + hi for i, (lo, hi) in zip(spec.lowering_in_spatial, spec.lowering_padding))
 
 
+def pad_spatial(spec: ConvSpec, x: jax.Array, pads) -> jax.Array:
+    """x with zeros around its spatial axes: `pads` holds (lo, hi) or (lo, hi, interior) per spatial axis
+    (negative amounts crop)."""
+    config = [(0, 0, 0)] * x.ndim
+    for axis, pad in zip(spatial_axes(spec), pads):
+        config[axis] = (*pad, 0)[:3]
+    if all(c == (0, 0, 0) for c in config):
+        return x
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
 def zero_pad(spec: ConvSpec, x: jax.Array, extra_hi=None) -> jax.Array:
     """Apply the spec's zero padding explicitly (for lowerings that slice the input themselves)."""
     extra_hi = extra_hi or (0,) * spec.ndim
-    config = [(0, 0, 0)] * x.ndim
-    for axis, (lo, hi), e in zip(spatial_axes(spec), spec.lowering_padding, extra_hi):
-        config[axis] = (lo, hi + e, 0)
-    if all(c == (0, 0, 0) for c in config):
-        return x
-    return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+    return pad_spatial(spec, x, [(lo, hi + e) for (lo, hi), e in zip(spec.lowering_padding, extra_hi)])
+
+
+def interleave_phases(spec: ConvSpec, y: jax.Array, factors, lengths, phases_first: bool) -> jax.Array:
+    """The output from its phases: y holds prod(factors) phase outputs of `lengths` positions per spatial axis,
+    the phases row-major along one axis before the batch (phases_first) or after it (batch-major). Phase c_i goes
+    right after position v_i along each spatial axis; the result is cropped to spec.out_spatial."""
+    n, batch, channels = spec.ndim, spec.batch, spec.out_channels
+    batch_shape = (batch, *lengths, channels) if spec.channels_last else (batch, channels, *lengths)
+    if phases_first:
+        y = y.reshape(*factors, *batch_shape)
+        batch_axis, factor_axes = n, tuple(range(n))
+    else:
+        y = y.reshape(batch, *factors, *batch_shape[1:])
+        batch_axis, factor_axes = 0, tuple(range(1, n + 1))
+    rest = n + 1  # the first axis after the batch and the factors
+    length_axes = range(rest, rest + n) if spec.channels_last else range(rest + 1, rest + 1 + n)
+    channel_axes = (rest + n,) if spec.channels_last else (rest,)
+    pairs = [v for length_axis, factor_axis in zip(length_axes, factor_axes) for v in (length_axis, factor_axis)]
+    perm = (batch_axis, *pairs, *channel_axes) if spec.channels_last else (batch_axis, *channel_axes, *pairs)
+    spatial = [m * f for m, f in zip(lengths, factors)]
+    y = y.transpose(perm).reshape((batch, *spatial, channels) if spec.channels_last else (batch, channels, *spatial))
+    crop = tuple(slice(0, o) for o in spec.out_spatial)
+    return y[(slice(None), *crop, slice(None))] if spec.channels_last else y[(slice(None), slice(None), *crop)]
 
 
 def tap_slice(spec: ConvSpec, x: jax.Array, tap) -> jax.Array:
@@ -117,6 +147,24 @@ def input_grad_dilation(spec: ConvSpec) -> list:
     return config
 
 
+ALL_ROLES = ("batch", "channel", "spatial")
+
+
+def sharding_refusal(spec: ConvSpec, roles=ALL_ROLES, does: str = "pads, slices or reshapes") -> Optional[str]:
+    """Why a lowering that `does` this to input axes of these roles declines a spec where such an axis is sharded
+    over an Explicit mesh axis (the sharding is part of the array's type there, so the program cannot
+    type-check); None where none is."""
+    sharded = [role for role in spec.explicit_sharding if role in roles]
+    if sharded:
+        return f"{does} axes ({', '.join(sharded)}) sharded over an Explicit mesh axis"
+    return None
+
+
+def transposed_refusal(spec: ConvSpec) -> Optional[str]:
+    """Why a lowering of forward convolutions declines a transposed one; None for a forward conv."""
+    return "transposed convolutions are handled by the phase and xla lowerings" if spec.transposed else None
+
+
 def tangent_from_gradients(y: jax.Array, parts, direct=()) -> jax.Array:
     """The tangent of a conv output y, each argument's part the linear transpose of that argument's gradient.
 
@@ -134,26 +182,35 @@ def tangent_from_gradients(y: jax.Array, parts, direct=()) -> jax.Array:
     return total.astype(y.dtype)
 
 
-def with_weight_tangent(forward, weight_tangent):
-    """forward(spec, x, w) as a custom_jvp whose weight tangent is weight_tangent(spec, x, tw): the same bilinear
-    map in another form, chosen for its transpose, so reverse mode turns it into the weight gradient (forward
-    mode still works). The input tangent is forward(spec, tx, w), transposed by JAX as usual."""
+def with_tangent_terms(forward, tangent_terms):
+    """forward(spec, x, w) as a custom_jvp whose tangent is tangent_from_gradients(y, *tangent_terms(spec, x, w,
+    tx, tw)): each term a form chosen for its transpose, which reverse mode runs as the gradient."""
 
     @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
     def convolve(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
         return forward(spec, x, w)
 
     def jvp(spec, primals, tangents):
-        x, w = primals
-        tx, tw = tangents
-        y = forward(spec, x, w)
-        direct = [] if isinstance(tx, SymbolicZero) else [forward(spec, tx, w)]
-        if not isinstance(tw, SymbolicZero):
-            direct.append(weight_tangent(spec, x, tw))
-        return y, tangent_from_gradients(y, [], direct)
+        y = forward(spec, *primals)
+        parts, direct = tangent_terms(spec, *primals, *tangents)
+        return y, tangent_from_gradients(y, parts, direct)
 
     convolve.defjvp(jvp, symbolic_zeros=True)
     return convolve
+
+
+def with_weight_tangent(forward, weight_tangent):
+    """forward(spec, x, w) whose weight tangent is weight_tangent(spec, x, tw): the same bilinear map in another
+    form, chosen for its transpose (the weight gradient). The input tangent is forward(spec, tx, w), transposed by
+    JAX as usual."""
+
+    def terms(spec, x, w, tx, tw):
+        direct = [] if isinstance(tx, SymbolicZero) else [forward(spec, tx, w)]
+        if not isinstance(tw, SymbolicZero):
+            direct.append(weight_tangent(spec, x, tw))
+        return [], direct
+
+    return with_tangent_terms(forward, terms)
 
 
 # --- non-finite values: a runtime branch to an exact form --------------------------------------------------

@@ -1,23 +1,22 @@
 """Grouped convolution as dense convolutions over one group or a few merged ones, concatenated along channels.
 
 XLA:CPU runs feature_group_count convolutions, and above all their weight gradients (which JAX expresses with
-batch_group_count), through slow generic loops: a g=8 conv's forward+backward took 650 ms here, g=32 2.4 s. The
-same work as G dense convs of C_in/G -> C_out/G channels hits XLA's fast dense kernels forward and backward:
-7.3 ms and 17 ms (development probes; the benchmark run is benchmarks/results/cpu.md). An im2col +
-batched-matmul form measured 49 and 46 ms; vmapping a dense conv over groups is turned back into
-feature_group_count by JAX's batching rule (676 ms).
+batch_group_count), through slow generic loops; the same work as G dense convs of C_in/G -> C_out/G channels hits
+XLA's fast dense kernels forward and backward (docs/lowerings.md, "grouped"). Vmapping a dense conv over groups
+does not help: JAX's batching rule turns it back into feature_group_count.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jconv.lowerings import xla
-from jconv.lowerings.common import channel_axis, with_weight_tangent
+from jconv.lowerings.common import channel_axis, sharding_refusal, transposed_refusal, with_weight_tangent
 from jconv.spec import ConvSpec
 
 NAME = "grouped"
@@ -25,11 +24,10 @@ DETERMINISTIC = True  # a fixed set of dense XLA convolutions
 MAX_GROUPS = 64  # one convolution per group: compile time grows with the number of groups
 
 
-def accepts(spec: ConvSpec):
-    if "channel" in spec.explicit_sharding:  # it slices channels; spatial axes stay inside dense XLA convs
-        return "slices the channel axis, which is sharded over an Explicit mesh axis"
-    if spec.transposed:
-        return "transposed convolutions are handled by the xla lowering"
+def refusal(spec: ConvSpec) -> Optional[str]:
+    # Only a sharded channel axis is refused: the spatial axes stay inside XLA's convs.
+    if refusal := sharding_refusal(spec, ("channel",), does="slices") or transposed_refusal(spec):
+        return refusal
     if spec.groups == 1:
         return "groups == 1: nothing to split"
     if spec.groups > MAX_GROUPS:
@@ -39,12 +37,9 @@ def accepts(spec: ConvSpec):
 
 # Groups of at most MERGE_MAX_IN_PER_GROUP input channels have their weight gradient computed merged, several per
 # dense conv (a block-diagonal kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per FLOP
-# than the zeros added. Measured forward+backward (a development probe, groups merged per conv side by side):
-# 4x256x28x28 g=32 (8 channels per group): 1 group per conv 22-29 ms, 2: 18-22, 4: 13-17 (this rule), 8: 32-34;
-# 8x128x28x28 g=8 (16 per group): 1: 11, 2: 14, 4: 32, so wider groups stay one per conv. The forward alone is
-# faster unmerged (g=32: 4.1-5.2 ms against 6.0-6.8 merged), and it must be: a merged forward multiplies one
-# group's inputs by the zeros of the others' blocks, so a NaN or inf input would reach every group's outputs. The
-# input gradient is unmerged for the same reason; against the all-merged form, benchmarks/results/nonfinite_ab_cpu.md.
+# than the zeros added (docs/lowerings.md, "grouped"). The forward and the input gradient stay one conv per group:
+# a merged one multiplies one group's inputs by the zeros of the others' blocks, so a NaN or inf input would reach
+# every group's outputs.
 MERGE_MAX_IN_PER_GROUP = 8
 MERGED_IN_CHANNELS = 32
 

@@ -1,20 +1,16 @@
 """Dense convolution with lax's forward and input gradient, and the weight gradient as im2col matmuls over chunks.
 
-XLA:CPU computes a dense conv's weight gradient about 3x slower than its forward: for the 2-D conv the planes
-lowering runs for a 3x3x3 3-D U-Net layer (32 planes of 32x32, 96 -> 32 channels, 3x3, channels-last), forward
-26-31 ms, input gradient 23-30, weight gradient 62-107 (development probe). The weight gradient is one matmul,
-dW (C_out, taps x C_in) = G^T (C_out, rows) . cols (rows, taps x C_in), where cols holds, for every output
-position, the input values under every tap (im2col). Built whole, cols is taps times the input (127 MB there);
-built and consumed in chunks of rows that fit in cache, it is cheap: the same gradient took 25-34 ms with 32
-chunks of 4 MB (16 chunks, 8 MB: 41-55; 64 chunks, 2 MB: 32-39).
+XLA:CPU computes a dense conv's weight gradient about 3x slower than its forward. The weight gradient is one
+matmul, dW (C_out, taps x C_in) = G^T (C_out, rows) . cols (rows, taps x C_in), where cols holds, for every
+output position, the input values under every tap (im2col). Built whole, cols is taps times the input; built and
+consumed in chunks of rows that fit in cache, it is cheap (docs/lowerings.md, "im2col").
 
 The rows are positions on a sample's zero-padded input grid, flattened: the output at position p reads input
 row p + offset(tap), where a tap's offset is its (dilated) position flattened with the padded grid's strides. G
 is laid on the same grid (its rows beyond the valid outputs are zeros), so the rows that wrap past a grid row
 are multiplied by zeros. This needs stride 1 (a strided output does not sit on a grid of input rows). Rows of
 contiguous channels need channels-last input: a channels-first one is moved to channels-last and the output
-back (the ResNet 3x3 8x64x56x56 still gained: 70-118 against 109-146 ms forward+backward, auto with and without
-the rule).
+back, and still gains.
 
 The rule is a custom_jvp whose weight tangent is the chunked conv (chunked_conv), each chunk rematerialized:
 reverse mode transposes it into the chunked weight gradient, and forward mode still works.
@@ -26,6 +22,7 @@ import dataclasses
 import functools
 import itertools
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,19 +30,18 @@ import numpy as np
 from jax import lax
 
 from jconv.lowerings import xla
-from jconv.lowerings.common import accumulation_dtype, with_weight_tangent, zero_pad
+from jconv.lowerings.common import (
+    accumulation_dtype, sharding_refusal, transposed_refusal, with_weight_tangent, zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "im2col"
 DETERMINISTIC = True  # lax's convolutions and a fixed loop of matmuls
-CHUNK_BYTES = 4 << 20  # one chunk's columns; the measured best above
+CHUNK_BYTES = 4 << 20  # one chunk's columns: the measured best (docs/lowerings.md, "im2col")
 
 
-def accepts(spec: ConvSpec):
-    if spec.explicit_sharding:
-        return f"flattens axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
-    if spec.transposed:
-        return "transposed convolutions are handled by the phase and xla lowerings"
+def refusal(spec: ConvSpec) -> Optional[str]:
+    if refusal := sharding_refusal(spec, does="flattens") or transposed_refusal(spec):
+        return refusal
     if spec.groups != 1:
         return f"needs groups == 1, but got groups={spec.groups}"
     if any(s != 1 for s in spec.stride):

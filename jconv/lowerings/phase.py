@@ -1,8 +1,7 @@
 """Transposed convolution by phase (sub-pixel) decomposition: s^N ordinary convolutions, never over zeros.
 
 The textbook lowering convolves an input with (s-1) zeros inserted between elements (lhs_dilation); XLA then
-spends most of its time on those zeros, and its gradient is worse: conv_transpose2d 8x64->32 28x28 k4 s2 took
-694 ms forward+backward on this CPU against torch's 40 ms (../shared/BASELINES.md).
+spends most of its time on those zeros, and its gradient is worse (docs/lowerings.md, "phase").
 
 Along one axis, output position m = c + s*v (phase c = 0..s-1) only receives kernel taps t with
 t*d = (c + p) mod s (mod s). Those taps form a sub-kernel with dilation d / gcd(d, s), and phase c is an ordinary
@@ -19,7 +18,6 @@ the phase convs' own fast gradients.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 from typing import NamedTuple, Optional, Tuple
@@ -29,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jconv.lowerings import lower_inner
 from jconv.lowerings.common import (
-    MAX_PHASES, accumulation_dtype, output_dtype, spatial_axes, tangent_from_gradients)
+    MAX_PHASES, accumulation_dtype, interleave_phases, output_dtype, sharding_refusal, spatial_axes,
+    with_tangent_terms)
 from jconv.spec import ConvSpec
 
 NAME = "phase"
@@ -45,9 +45,9 @@ class AxisPhase(NamedTuple):
     pad: Tuple[int, int]  # zeros added around the slice
 
 
-def accepts(spec: ConvSpec):
-    if set(spec.explicit_sharding) & {'batch', 'spatial', 'channel'}:
-        return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
+def refusal(spec: ConvSpec) -> Optional[str]:
+    if refusal := sharding_refusal(spec):
+        return refusal
     if not spec.transposed:
         return "phase decomposition is for transposed convolutions"
     if math.prod(spec.stride) > MAX_PHASES:
@@ -96,8 +96,6 @@ def forward(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 
 def phases_by_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     """Each output phase as an ordinary convolution of the input with its sub-kernel, through dispatch."""
-    from jconv import dispatch  # dispatch imports this module
-
     n, g = spec.ndim, spec.groups
     plans = [axis_phases(i, k, s, d, lo, o) for i, k, s, d, (lo, _), o in zip(
         spec.in_spatial, spec.kernel_size, spec.stride, spec.dilation, spec.padding, spec.out_spatial)]
@@ -121,7 +119,7 @@ def phases_by_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
             kernel_size=tuple(len(p.taps) for p in phase), stride=(1,) * n, padding=tuple(p.pad for p in phase),
             dilation=tuple(p.dilation for p in phase), output_padding=(0,) * n, padding_mode="zeros",
             has_bias=False, lowering="auto")
-        outputs.append(dispatch.lower_inner(inner, xs, sub_w))
+        outputs.append(lower_inner(inner, xs, sub_w))
     return _interleave(spec, outputs)
 
 
@@ -132,21 +130,11 @@ def _phase_length(out: int, s: int) -> int:
 
 def _interleave(spec: ConvSpec, outputs: list) -> jax.Array:
     """The output from its phases (row-major over the per-axis phases; None: all zeros), cropped."""
-    n, sizes = spec.ndim, [_phase_length(o, s) for o, s in zip(spec.out_spatial, spec.stride)]
+    sizes = [_phase_length(o, s) for o, s in zip(spec.out_spatial, spec.stride)]
     batch_shape = (spec.batch, *sizes, spec.out_channels) if spec.channels_last else \
         (spec.batch, spec.out_channels, *sizes)
     y = jnp.stack([jnp.zeros(batch_shape, output_dtype(spec)) if o is None else o for o in outputs])
-    y = y.reshape(*spec.stride, *batch_shape)
-    # Interleave: phase index c_i goes right after position v_i along each spatial axis.
-    if spec.channels_last:
-        perm = (n, *[v for i in range(n) for v in (n + 1 + i, i)], 2 * n + 1)
-        y = y.transpose(perm).reshape(spec.batch, *[m * s for m, s in zip(sizes, spec.stride)], spec.out_channels)
-        crop = (slice(None), *[slice(0, o) for o in spec.out_spatial], slice(None))
-    else:
-        perm = (n, n + 1, *[v for i in range(n) for v in (n + 2 + i, i)])
-        y = y.transpose(perm).reshape(spec.batch, spec.out_channels, *[m * s for m, s in zip(sizes, spec.stride)])
-        crop = (slice(None), slice(None), *[slice(0, o) for o in spec.out_spatial])
-    return y[crop]
+    return interleave_phases(spec, y, spec.stride, sizes, phases_first=True)
 
 
 # --- the forward as matmuls: one per output phase, then shifted sums -----------------------------------------
@@ -155,25 +143,9 @@ def _interleave(spec: ConvSpec, outputs: list) -> jax.Array:
 # contribution; an output phase is the sum of its taps' products, each shifted by the tap's offset (col2im, with
 # the shifts of one phase all whole positions). One matmul per phase over its own taps, and XLA fuses the shifted
 # sums with the interleave into one loop. With few input channels the phase convs (XLA:CPU dense convolutions) are
-# slower per FLOP than XLA's dot. Measured forward (forward+backward with a fixed cotangent / with the cotangent
-# y - t, as in training), both forms in one process, 2 cores, development probes (ms):
-#   2-D k4 s2 8x64x28x28 -> 32         5.1 -> 3.0 (11.4 -> 9.4 / 14.5 -> 9.2)
-#   3-D k3 s2 2x32x16^3 -> 16          4.0 -> 3.1 (8.3 -> 8.3 / 9.1 -> 7.1), another run 5.3 -> 4.0
-#   2-D k4 s2 8x128x14x14 -> 64        5.2 -> 3.9 (11.9 -> 10.3 / 11.5 -> 10.3)
-#   2-D k3 s2 8x128x14x14 -> 64        3.1 -> 2.1 (7.2 -> 6.3 / 5.7 -> 5.5)
-#   channels-last 8x28x28x64 k4 s2     4.6 -> 3.5 (11.3 -> 10.9 / 12.2 -> 9.9)
-#   2-D k4 s2 8x64x32x32 -> 3          2.3 -> 0.9 (6.1 -> 4.0 / 4.2 -> 4.4)
-#   even: 2-D k2 s2 8x128x28x28 -> 64 (both layouts), 1-D k4 s2 8x128x512, 2-D k5 s2 8x64x28x28 -> 32.
-# With many input channels XLA's convs are efficient and the matmuls' extra output costs more, hence the cap on
-# C_in: 8x512x7x7 -> 256 k4 s2 12.3-13.2 -> 14.7-14.9 (32 -> 35), 32x256x4x4 -> 128 3.8 -> 4.0 (9.9 -> 11.4),
-# 8x256x14x14 -> 128 even.
-# XLA keeps all phases' products live until the one fused loop that reads them, so their size is capped too: with
-# a fixed cotangent XLA also builds the output gradient's columns (the same size) alongside them, and over glibc's
-# 32 MB mmap threshold (README, "Speed on CPU: the allocator") every call page-faults its scratch in: 3-D k4 s2
-# 1x32x16^3 -> 16 (products 16 MiB) forward+backward 10.6 -> 22 ms (32 MiB of scratch; 11.5 -> 10.3 with y - t),
-# 2x32x16^3 (32 MiB) forward 8.2 -> 22.8. The 1-D k8 s4 4x128x2048 -> 64 (16 MiB) gained (9.3 -> 7.6 forward,
-# 24.2 -> 21.4) but is left under the cap's conservative side.
-# Only with the matmul gradients: autodiff of this form (2-D k3 s1, 9 taps) measured 12.2 against 8.7 ms.
+# slower per FLOP than XLA's dot; with many, the matmuls' extra output costs more, hence the cap on C_in. XLA keeps
+# all phases' products live until the one fused loop that reads them, so their size is capped too, under glibc's
+# mmap threshold. Only with the matmul gradients: autodiff of this form was slower. (docs/lowerings.md, "phase".)
 MATMUL_FORWARD_MAX_IN_CHANNELS = 128
 MATMUL_FORWARD_MAX_BYTES = 14 * 2**20
 
@@ -210,12 +182,10 @@ def phases_by_matmul(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     plans = [axis_tap_placements(i, kk, s, d, lo, o) for i, kk, s, d, (lo, _), o in zip(
         spec.in_spatial, k, spec.stride, spec.dilation, spec.padding, spec.out_spatial)]
     # Channels-first, the input goes to (C_in, N, *spatial) and the products come out (taps x C_out, N, *spatial),
-    # each tap a contiguous block. Multiplying the batched (N, C_in, positions) input instead made XLA add layout
-    # copies around the products (2-D k4 s2 8x64x28x28: forward 3.7-4.8 against 3.2-3.3 ms, development probe in
-    # separate processes). The spatial axes stay unflattened so that a sharded one stays sharded under GSPMD
-    # (XLA:CPU flattens them inside the dot anyway).
-    # Half-precision operands are widened first: XLA:CPU (jax 0.10.2) has no BF16 x BF16 = F32 dot for the
-    # channels-first layout ("UNIMPLEMENTED: Unsupported element type for DotThunk"). The products are the same.
+    # each tap a contiguous block: multiplying the batched (N, C_in, positions) input made XLA add layout copies.
+    # The spatial axes stay unflattened so that a sharded one stays sharded under GSPMD (XLA:CPU flattens them
+    # inside the dot anyway). Half-precision operands are widened first: XLA:CPU has no BF16 x BF16 = F32 dot for
+    # the channels-first layout. The products are the same. (docs/lowerings.md, "phase".)
     acc = accumulation_dtype(spec)
     xm = (x if spec.channels_last else jnp.swapaxes(x, 0, 1)).astype(acc)
     w_taps = _weight_matrix(spec, w).astype(acc).reshape(cin, -1, cout)  # (C_in, taps, C_out)
@@ -252,18 +222,10 @@ def phases_by_matmul(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 # Input position i of a transposed conv sends x[i] * w[:, :, t] to output position i*s - p + t*d, so the output
 # gradient's value at that position, for every tap t, is a matrix G (taps x C_out, N x input positions) of
 # strided slices of g, and both gradients are one matmul each: grad_input = W G (W: C_in x (taps x C_out)) and
-# grad_weight = X G^T. Autodiff of the phase form instead transposes every phase conv separately. Measured
-# forward+backward against it (one process, interleaved, 2 cores; development probes): 3-D k3 s2
-# 2x32x16^3 -> 16 10.6 vs 15.9 ms, 1x64x16^3 -> 32 17.1 vs 26.7, 3-D k2 s2 2x64x16^3 12.7 vs 14.5, 2-D k3 s2
-# 8x64x28x28 -> 32 9.3 vs 13.1, 2-D k2 s2 8x128x28x28 -> 64 10.2 vs 11.8. Once G was built without copies (see
-# output_grad_columns), the cases that had been even became wins too: 2-D k4 s2 (DCGAN) 12.8 vs 17.1, 1-D k8 s4
-# (HiFi-GAN) 24.3 vs 30.4, 3-D k4 s2 2x64x16^3 -> 32 84 vs 96 (and 3-D k3 s2 2x32x16^3 8.7 vs 13.7). Stride 1 is
-# mixed and left as it is: 2-D k2 8x64x28x28 -> 32 3.9 vs 4.6, 1-D k5 4x128x2048 -> 64 16.3-16.7 vs 14.3-15.2,
-# 1-D k3 and 2-D 1x1 even.
-# G holds about prod(k) / prod(s) times as many values as the output gradient, hence the cap. Grouped convs keep
-# autodiff of the phase form (depthwise phases are elementwise tap sums): a prototype of this form batched over
-# groups (G regrouped by a transpose, channels-first) measured mixed, 8x128x28x28 k4 s2 g=8 64 vs 25 ms, g=32
-# even, 1-D k8 s4 g=8 84 vs 98, 3-D k3 s2 g=4 59 vs 76.
+# grad_weight = X G^T. Autodiff of the phase form instead transposes every phase conv separately, which measured
+# slower at stride 2 and above; stride 1 is mixed and left to autodiff. G holds about prod(k) / prod(s) times as
+# many values as the output gradient, hence the cap. Grouped convs keep autodiff of the phase form (depthwise
+# phases are elementwise tap sums; a matmul form batched over groups measured mixed). (docs/lowerings.md, "phase".)
 GEMM_GRAD_MAX_EXPANSION = 8
 
 
@@ -277,9 +239,8 @@ def output_grad_columns(spec: ConvSpec, g: jax.Array) -> jax.Array:
 
     Channels-first: (taps x C_out, N x input positions); channels-last: (N x input positions, taps x C_out).
     Each tap's column is a strided slice of g padded on its own, not a slice of one padded copy of g: XLA:CPU
-    fuses those pads into the stack but materialized the padded copy, and the extra buffer pushed the
-    forward+backward's scratch over glibc's 32 MB mmap threshold (HiFi-GAN k8 s4 4x128x2048: 36 -> 20 MiB,
-    35.6 -> 24.6 ms; development probe, old and new code in separate processes).
+    fuses those pads into the stack but materialized the padded copy, an extra buffer that pushed the scratch
+    over glibc's mmap threshold (docs/lowerings.md, "phase").
     """
     axes = spatial_axes(spec)
     if not spec.channels_last:
@@ -301,17 +262,15 @@ def output_grad_columns(spec: ConvSpec, g: jax.Array) -> jax.Array:
         columns.append(lax.pad(lax.slice(g, start, limit, strides), zero, pads))
     if spec.channels_last:
         # One flat stack: nested ones (below) fuse here too, but a fused loop that interleaves taps every C_out
-        # elements ran slower than copying each tap's column into place (8x28x28x64 -> 32 k4 s2: backward 8.4-8.8
-        # against 6.2-6.7 ms, at twice the scratch; development probe).
+        # elements ran slower than copying each tap's column into place (docs/lowerings.md, "phase").
         return jnp.stack(columns, axis=-2).reshape(-1, len(columns) * spec.out_channels)
     return _stack_taps(columns, _tap_levels(len(columns))).reshape(len(columns) * spec.out_channels, -1)
 
 
-# XLA:CPU (jax 0.10.2) fuses a concatenation of up to 8 operands into one loop that writes each element once;
-# with 9 or more it computed every operand into its own buffer and then copied them all into the result, twice
-# the memory and traffic (a 3x3 tap stack measured 2.1x the stacked array's size in scratch, 8 taps 1.25x).
-# Nested stacks of at most 8 each fuse into one loop (development probe: 16 taps of 8x32x28x28, 24 -> 12 MiB
-# scratch), and XLA does not flatten stacks nested along different dimensions back into one.
+# XLA:CPU fuses a concatenation of up to 8 operands into one loop that writes each element once; with 9 or more it
+# computed every operand into its own buffer and then copied them all into the result. Nested stacks of at most 8
+# each fuse into one loop, and XLA does not flatten stacks nested along different dimensions back into one
+# (docs/lowerings.md, "phase").
 MAX_FUSED_CONCAT = 8
 
 
@@ -358,8 +317,7 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
         gx = _matmul(spec, columns, _weight_matrix(spec, w).T).reshape(*batch_shape, spec.in_channels)
     else:
         # (C_in, N, positions) -> (N, C_in, positions), the positions flattened: XLA:CPU moves the product in one
-        # copy. Swapping the first two axes of the unflattened (C_in, N, *spatial) array made it copy twice (a
-        # layout change, then the transpose).
+        # copy; swapping the unflattened axes made it copy twice.
         gx = jnp.swapaxes(_matmul(spec, _weight_matrix(spec, w), columns).reshape(
             spec.in_channels, spec.batch, math.prod(spec.in_spatial)), 0, 1).reshape(
             spec.batch, spec.in_channels, *spec.in_spatial)
@@ -373,32 +331,19 @@ def grad_weight(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
         gw = _matmul(spec, x.reshape(-1, spec.in_channels).T, columns).reshape(spec.in_channels, taps, -1)
         gw = jnp.swapaxes(gw, 1, 2)  # (C_in, C_out, taps)
     else:
-        # G X^T, (taps x C_out, C_in), and the small result transposed: XLA:CPU ran X G^T (its YNNPACK matmul)
-        # slower, 2.07 against 1.46 ms for the 3-D decoder's (32 x 8192) . (432 x 8192) alone. Forward+backward
-        # ms, `benchmarks/run.py --only _up`, X G^T and G X^T alternating in separate processes, three rounds:
-        # 3-D k3 s2 2x32x16^3 -> 16 8.1-9.6 -> 7.4-8.6, DCGAN 11.0-11.3 -> 9.2-10.5, HiFi-GAN 24.0-27.7 ->
-        # 22.6-27.9, U-Net k2 s2 9.5-10.0 -> 9.0-9.7. Channels-last the same swap lost (DCGAN 10.5 -> 14.2 in a
-        # one-process probe), so it keeps X^T G there.
+        # G X^T, (taps x C_out, C_in), and the small result transposed: XLA:CPU ran X G^T slower here, and faster
+        # channels-last, which keeps X^T G (docs/lowerings.md, "phase").
         gw = _tensordot(spec, columns, jnp.swapaxes(x, 0, 1).reshape(spec.in_channels, -1), ((1,), (1,)))
         gw = jnp.transpose(gw.reshape(taps, spec.out_channels, spec.in_channels), (2, 1, 0))
     return gw.reshape(spec.in_channels, spec.out_channels, *spec.kernel_size).astype(spec.dtype)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _with_gemm_grads(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return forward(spec, x, w)
-
-
-def _with_gemm_grads_jvp(spec, primals, tangents):
-    x, w = primals
-    tx, tw = tangents
-    y = forward(spec, x, w)
+def _gemm_tangent_terms(spec, x, w, tx, tw):
     # As in the taps lowering: reverse mode transposes these tangent maps back into the two matmuls.
-    return y, tangent_from_gradients(y, [(tx, lambda g: grad_input(spec, w, g)),
-                                         (tw, lambda g: grad_weight(spec, x, g))])
+    return [(tx, lambda g: grad_input(spec, w, g)), (tw, lambda g: grad_weight(spec, x, g))], []
 
 
-_with_gemm_grads.defjvp(_with_gemm_grads_jvp, symbolic_zeros=True)
+_with_gemm_grads = with_tangent_terms(forward, _gemm_tangent_terms)
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:

@@ -1,11 +1,9 @@
 """3-D convolution as ONE 2-D convolution over depth planes, with the depth taps stacked into channels.
 
-XLA:CPU's 3-D convolutions run far below its 2-D ones: a 3x3x3 conv 1x32x32^3 -> 32 took 85 / 230 ms forward /
-forward+backward as one lax conv, torch 15 / 31 (development probe; the benchmark run is
-benchmarks/results/cpu.md). Output depth plane z only reads input planes z*s + t*d (t < kd), so stacking those
-kd planes along channels, in channels-last layout, makes every output plane a 2-D conv with kd*C input channels:
-30 / 70 ms for the same layer (the channels-first 2-D form measured 32 / 98, a sum of kd 2-D convs 30 / 91,
-im2col over all 27 taps + matmul 214 / 282).
+XLA:CPU's 3-D convolutions run far below its 2-D ones. Output depth plane z only reads input planes z*s + t*d
+(t < kd), so stacking those kd planes along channels, in channels-last layout, makes every output plane a 2-D
+conv with kd*C input channels, about 3x faster than XLA's 3-D conv forward+backward (docs/lowerings.md,
+"planes", with the alternatives measured).
 
 Groups stay groups: the stacked channels are ordered (group, depth tap, channel), so a grouped 3-D conv is a
 grouped 2-D conv. The 2-D conv goes through dispatch like any other (1x1 planes become a matmul, groups the
@@ -14,37 +12,36 @@ stacked input is kd times the input.
 
 Sharding: batch and H/W shardings are kept (batch is the major factor of the merged batch axis). A depth-sharded
 input cannot stay sharded through that merge; GSPMD gathers it (correct, replicated). Merging depth into H instead
-(one tall image per sample) keeps depth shardings but measured ~10% slower and moved strided convs with uneven
-shards into an XLA SPMD bug that returns wrong weight gradients (README, "Multiple devices").
+(one tall image per sample) keeps depth shardings but measured slower and moved strided convs with uneven
+shards into an XLA SPMD bug that returns wrong weight gradients (docs/devices.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jconv.lowerings import lower_inner
+from jconv.lowerings.common import sharding_refusal, transposed_refusal
 from jconv.spec import ConvSpec
 
 NAME = "planes"
 DETERMINISTIC = True  # slices and reshapes around a deterministic 2-D lowering
 
 
-def accepts(spec: ConvSpec):
-    if spec.explicit_sharding:
-        return f"reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
-    if spec.transposed:
-        return "transposed convolutions are handled by the phase and xla lowerings"
+def refusal(spec: ConvSpec) -> Optional[str]:
+    if refusal := sharding_refusal(spec, does="reshapes") or transposed_refusal(spec):
+        return refusal
     if spec.ndim != 3:
         return f"needs a 3-D convolution, but got a {spec.ndim}-D one"
     return None
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    from jconv import dispatch  # dispatch imports this module
-
     kd, sd, dd = spec.kernel_size[0], spec.stride[0], spec.dilation[0]
     depth_out = spec.out_spatial[0]
     g, cg = spec.groups, spec.in_per_group
@@ -63,6 +60,6 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
         in_spatial=(h, wd), kernel_size=spec.kernel_size[1:], stride=spec.stride[1:],
         padding=spec.lowering_padding[1:], dilation=spec.dilation[1:], output_padding=(0, 0), padding_mode="zeros",
         has_bias=False, lowering="auto")
-    y = dispatch.lower_inner(inner, stacked, w2)
+    y = lower_inner(inner, stacked, w2)
     y = y.reshape(n, depth_out, *y.shape[1:])  # (N, D_out, H_out, W_out, C_out)
     return y if spec.channels_last else jnp.moveaxis(y, -1, 1)

@@ -2,33 +2,26 @@
 
 A depthwise conv (groups == C_in, any channel multiplier) does prod(k) multiply-adds per output element and no
 channel mixing. XLA:CPU's feature_group_count path runs it 50-500x slower than this plain elementwise form,
-which XLA fuses into one loop (benchmarks/results/cpu.md).
+which XLA fuses into one loop (docs/lowerings.md, "taps").
 
-The derivatives are written by hand, because plain autodiff of the tap sum is slow on XLA:CPU in two ways
-(development probes on 8x96x56x56, 7x7; the benchmark run is benchmarks/results/cpu.md):
-- the input gradient becomes one padded copy per tap; pads fused into a loop become per-element bounds checks,
-  ~9x slower than the same sum written with slices. Here it is a tap sum over the stride-dilated output gradient
-  with the flipped kernel: slices again.
-- the weight gradient is one reduction per tap; XLA fuses the sibling reductions (they share the output
-  gradient) into one kernel that runs ~4x slower than the reductions one at a time, and even one at a time
-  XLA:CPU's reductions run ~10x slower per element than its elementwise loops. Here (grad_weight_summed) each
-  tap's products are first summed elementwise over blocks of the batch (or of output rows), one fused loop,
-  and only a block's worth per tap goes to the reductions: 1.6-2x faster forward+backward on MobileNet's
-  3x3, ConvNeXt's 7x7 and EfficientNet's 5x5 (weight_grad_form has the numbers and the rule).
+The derivatives are written by hand, because plain autodiff of the tap sum is slow on XLA:CPU in two ways:
+- the input gradient becomes one padded copy per tap, and pads fused into a loop become per-element bounds
+  checks. Here it is a tap sum over the stride-dilated output gradient with the flipped kernel: slices again.
+- the weight gradient is one reduction per tap, and XLA:CPU's reductions run far slower per element than its
+  elementwise loops (and slower still fused as siblings). Here (grad_weight_summed) each tap's products are
+  first summed elementwise over blocks of the batch (or of output rows), one fused loop, and only a block's worth
+  per tap goes to the reductions.
 The rule is a custom_jvp: the input tangent map is the linear transpose of grad_input, and the weight tangent
 map the linear transpose of the weight gradient's form, so reverse mode transposes them back into those forms,
 and forward mode (jvp, jacfwd, hessian) still works.
 
 Large kernels (more than MAX_UNROLLED_TAPS taps, with a leading spatial axis, e.g. RepLKNet's 31x31) take
-two other forms (development probes on 2x64x28x28, 31x31; the benchmark row is replknet_dw31 in
-benchmarks/results/cpu.md):
-- the sum runs as a loop over kernel rows with the taps of a row unrolled inside (7 vs 27 ms for a loop over
-  all 961 taps one at a time): one fused kernel per row instead of one small kernel per tap.
+two other forms:
+- the sum runs as a loop over kernel rows with the taps of a row unrolled inside: one fused kernel per row
+  instead of one small kernel per tap.
 - the weight gradient is a banded matmul (grad_weight_banded): per kernel row, input tiles times output
-  gradient tiles contracted over batch and rows, whose diagonals are the kernel row (10-19 vs 30-36 ms against
-  one reduction per tap), for kernel rows of BANDED_MIN_ROW or more. For shorter rows the per-tap reductions
-  were faster (13x13-21x21 by 10-22%; 7x7 on 8x96x56x56: 67-77 vs 73-141 ms; 5x5 on 8x240x28x28: 21-25 vs
-  35-48 ms), and the summed form now takes those.
+  gradient tiles contracted over batch and rows, whose diagonals are the kernel row, for kernel rows of
+  BANDED_MIN_ROW or more; shorter rows take the summed form.
 """
 
 from __future__ import annotations
@@ -37,6 +30,7 @@ import dataclasses
 import functools
 import itertools
 import math
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +40,8 @@ from jax.custom_derivatives import SymbolicZero
 
 from jconv.lowerings.common import (
     accumulation_dtype, channel_axis, exact_for_nonfinite, input_grad_dilation, materialized, output_dtype,
-    padded_spatial, spatial_axes, tap_slice, tangent_from_gradients, zero_pad)
+    pad_spatial, padded_spatial, sharding_refusal, spatial_axes, tap_slice, transposed_refusal, with_tangent_terms,
+    zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "taps"
@@ -54,12 +49,10 @@ DETERMINISTIC = True  # fixed sequences of elementwise ops and XLA reductions; n
 MAX_UNROLLED_TAPS = 64  # beyond this taps are summed in a loop: compile time grows with unrolling
 
 
-def accepts(spec: ConvSpec):
-    if set(spec.explicit_sharding) & {'channel', 'spatial'}:
-        return f"pads, slices or reshapes axes ({', '.join(spec.explicit_sharding)}) sharded over an Explicit mesh axis"
-    if spec.transposed:
-        return "transposed convolutions are not tap sums here (see the xla lowering)"
-    if spec.in_per_group != 1:
+def refusal(spec: ConvSpec) -> Optional[str]:
+    if refusal := sharding_refusal(spec, ("channel", "spatial")) or transposed_refusal(spec):
+        return refusal
+    if not spec.is_depthwise:
         return f"needs a depthwise conv (groups == in_channels), but in_channels/groups = {spec.in_per_group}"
     return None
 
@@ -79,7 +72,7 @@ def _broadcast_shape(spec: ConvSpec, channels: int) -> list:
 
 def _expand_channels(spec: ConvSpec, xs: jax.Array) -> jax.Array:
     """Depthwise with multiplier m: output channel c*m + j reads input channel c."""
-    multiplier = spec.out_channels // spec.in_channels
+    multiplier = spec.channel_multiplier
     return xs if multiplier == 1 else jnp.repeat(xs, multiplier, axis=channel_axis(spec))
 
 
@@ -91,8 +84,8 @@ def _stride_phases(spec: ConvSpec, x: jax.Array, extra_hi=None) -> jax.Array:
     """The zero-padded input with every spatial axis cut into its stride phases, stacked in a new leading axis.
 
     Phase p of an axis holds the padded positions m * stride + p, so the positions a tap meets for consecutive
-    outputs are consecutive in one phase: a tap's slice is contiguous. Strided slices inside the tap loop's
-    reductions (the weight gradient) ran 2-3x slower than these (8x144x56x56, 3x3 stride 2: 5.3 vs 13.6 ms).
+    outputs are consecutive in one phase: a tap's slice is contiguous. Strided slices inside the weight
+    gradient's reductions ran slower (docs/lowerings.md, "taps").
     """
     axes = spatial_axes(spec)
     extra_hi = extra_hi or (0,) * spec.ndim
@@ -135,9 +128,8 @@ def _large_kernel_rows(spec: ConvSpec) -> bool:
             and spec.kernel_size[-1] <= MAX_UNROLLED_TAPS)
 
 
-# Kernel rows at least this long take the banded weight gradient. Measured (weight gradient alone, one process
-# per form): 31x31 wins (2x64x28x28: 19 vs 30 ms; 8x128x28x28: 144 vs 326; 2x128x56x56: 253 vs 271), 13x13,
-# 17x17 and 21x21 lose by 10-22%; between 21 and 31 is unmeasured.
+# Kernel rows at least this long take the banded weight gradient: it won at 31 and lost at 13-21 (docs/lowerings.md,
+# "taps"; between 21 and 31 is unmeasured).
 BANDED_MIN_ROW = 27
 
 
@@ -151,18 +143,9 @@ SUMMED_UNROLLED_TAPS = 27
 def weight_grad_form(spec: ConvSpec) -> str:
     """How the weight gradient is computed: "summed" (unrolled), "summed loop", "banded" or "per-tap loop".
 
-    Measured forward+backward (one process per shape, the forms side by side; benchmarks/results/cpu.md for the
-    benchmark rows): the summed form against the per-tap loop took 25 vs 40 ms on 8x128x56x56 3x3, 9.5 vs 14
-    on 8x96x56x56 5x5 stride 2, 6-7 vs 13 on 2x32x16x32x32 3x3x3, and at stride 1 in its loop form 50 vs
-    97-104 ms on 8x96x56x56 7x7 and 14 vs 25 on 8x240x28x28 5x5, unrolled 97 vs 107 on a 1-D k=31; 13x13 on
-    2x64x28x28 was even (14-17 ms).
-    Strided kernels of more taps lost (8x96x56x56 7x7 stride 2: 32-34 vs 25 ms) and stay per-tap. Loop against
-    unrolled: the loop won at stride 1 from 5x5 up (5x5: 14 vs 21-25 ms; 7x7: 50 vs 77-83), the unrolled form at
-    3x3 (25 vs 31) and strided (5x5 stride 2: 9.5 vs 24); 2x32x16x32x32 3x3x3 at stride 1 (27 taps, so the loop)
-    measured 7.4 looped, 6.3 unrolled, 13 per tap.
-    These probes ran with glibc's default malloc, so a form whose forward+backward needs over 32 MB of scratch
-    also paid page faults on every call (README, "Speed on CPU: the allocator"); that is part of what users
-    see, but it means the ranking could differ where that cost is absent (huge pages, a smaller batch).
+    The summed form beat the per-tap loop except on strided kernels of many taps; the loop form beat the unrolled
+    one at stride 1 from 5x5 up (docs/lowerings.md, "taps", for the measurements and their caveat: they were
+    taken with glibc's default malloc, so scratch over its mmap threshold also cost page faults).
     """
     if (_large_kernel_rows(spec) and spec.kernel_size[-1] >= BANDED_MIN_ROW
             and "batch" not in spec.explicit_sharding):  # banded moves the batch into a matmul's contraction
@@ -188,12 +171,9 @@ def _weights_by_tap(spec: ConvSpec, w: jax.Array) -> jax.Array:
     stored taps-major, so that a tap's channel weights are contiguous where the tap loops read them.
 
     Channels-last, a tap's weights broadcast along the innermost (channel) axis; read from w's own layout they
-    are a strided gather per vector of outputs, and XLA:CPU fuses a plain transpose into the loop and reads w
-    that way anyway (ConvNeXt 7x7 on 8x56x56x96, forward, development probes on a 2-core Xeon: a hand-written
-    tap sum took 17.4 ms with the transpose fused, 4.7 with the taps-major weights passed in
-    as an argument, 4.4-5.4 with them written by a scatter, and 4.9 channels-first; this lowering's forward took
-    4.6-5.5 with materialized). Channels-first a tap's weight is one scalar per channel for whole rows of outputs,
-    read where it is."""
+    are a strided gather per vector of outputs, and XLA:CPU fuses a plain transpose into the loop and reads w that
+    way anyway, several times slower (docs/lowerings.md, "taps"). Channels-first a tap's weight is one scalar per
+    channel for whole rows of outputs, read where it is."""
     w_taps = w.reshape(spec.out_channels, -1).astype(accumulation_dtype(spec))
     return materialized(w_taps.T).T if spec.channels_last else w_taps
 
@@ -262,16 +242,13 @@ def _dilated_output_grad_config(spec: ConvSpec) -> list:
     """lax.pad config of the output gradient for grad_input's correlation (one per spatial axis)."""
     # input_grad_dilation's padding gives the gradient w.r.t. the padded input; trimmed here by the spec's own
     # padding (negative pads crop) so that only the unpadded input's gradient is computed, and the padded
-    # gradient buffer is no larger than needed (its size counts on CPU: README, "Speed on CPU: the allocator").
+    # gradient buffer is no larger than needed (its size counts on CPU: docs/performance.md, "The allocator").
     return [(lo - pad_lo, hi - pad_hi, interior) for (lo, hi, interior), (pad_lo, pad_hi)
             in zip(input_grad_dilation(spec), spec.lowering_padding)]
 
 
 def _dilated_output_grad(spec: ConvSpec, g: jax.Array) -> jax.Array:
-    config = [(0, 0, 0)] * g.ndim
-    for axis, c in zip(spatial_axes(spec), _dilated_output_grad_config(spec)):
-        config[axis] = c
-    return lax.pad(g, jnp.zeros((), g.dtype), config)
+    return pad_spatial(spec, g, _dilated_output_grad_config(spec))
 
 
 def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
@@ -280,10 +257,9 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
     # With a channel multiplier m, input channel c collects output channels c*m .. c*m + m-1: one depthwise tap
     # sum per j < m over the channel-strided slices g[:, j::m] (each padded on its own, so that no padded copy
     # of g is sliced again) and w[j::m], added elementwise. One tap sum over all channels followed by a reduction
-    # over the multiplier axis made XLA:CPU materialize every tap's slice of the padded gradient (probes, input
-    # gradient alone: 8x128x1024 k16 m=2 56 -> 1.6 ms, 134 -> 32 MiB of scratch forward+backward; 8x32x56x56 3x3
-    # m=2 25 -> 1.1 ms; 7x7 m=3 73 -> 7.2 ms; 8x64x56x56 3x3 stride 2 m=2 55 -> 2.1 ms).
-    c, multiplier = spec.in_channels, spec.out_channels // spec.in_channels
+    # over the multiplier axis made XLA:CPU materialize every tap's slice of the padded gradient, many times
+    # slower (docs/lowerings.md, "taps").
+    c, multiplier = spec.in_channels, spec.channel_multiplier
     g_slices = [g] if multiplier == 1 else [lax.slice_in_dim(g, j, None, multiplier, axis=channel_axis(spec))
                                             for j in range(multiplier)]
     g_dilated = [_dilated_output_grad(spec, g_j) for g_j in g_slices]
@@ -301,88 +277,127 @@ def grad_input(spec: ConvSpec, w: jax.Array, g: jax.Array) -> jax.Array:
 SUMMED_BLOCKS = 8
 
 
+class _Blocks(NamedTuple):
+    """How grad_weight_summed cuts the products: batch_blocks x row_blocks blocks of batch_size samples and
+    row_size leading output positions; the batch and rows are zero-extended by extra_batch and extra_rows."""
+    batch_blocks: int
+    row_blocks: int
+    batch_size: int
+    row_size: int
+    extra_batch: int
+    extra_rows: int
+
+
+def _summing_blocks(spec: ConvSpec, batch: int) -> _Blocks:
+    rows = spec.out_spatial[0]
+    # Batch blocks ran faster than row blocks (docs/lowerings.md, "taps"), but a batch sharded over an Explicit
+    # mesh axis cannot be sliced: then the rows alone are cut.
+    batch_blocks = 1 if "batch" in spec.explicit_sharding else min(batch, SUMMED_BLOCKS)
+    row_blocks = min(rows, max(1, SUMMED_BLOCKS // batch_blocks))
+    batch_size, row_size = -(-batch // batch_blocks), -(-rows // row_blocks)
+    return _Blocks(batch_blocks, row_blocks, batch_size, row_size, batch_blocks * batch_size - batch,
+                   row_blocks * row_size - rows)
+
+
+def _block_sum(spec: ConvSpec, blocks: _Blocks, a: jax.Array, b: jax.Array) -> jax.Array:
+    """sum over the blocks (of the batch, and of the leading spatial axis where there are row blocks) of a * b."""
+    row_axis = spatial_axes(spec)[0]
+    total = None
+    for i, r in itertools.product(range(blocks.batch_blocks), range(blocks.row_blocks)):
+        def block(v):
+            v = lax.slice_in_dim(v, i * blocks.batch_size, (i + 1) * blocks.batch_size, axis=0)
+            if blocks.row_blocks == 1:
+                return v
+            return lax.slice_in_dim(v, r * blocks.row_size, (r + 1) * blocks.row_size, axis=row_axis)
+        term = block(a) * block(b)
+        total = term if total is None else total + term
+    return total
+
+
+def _reduce_taps(spec: ConvSpec, sums: jax.Array) -> jax.Array:
+    """The stacked per-tap sums (taps first) reduced to (out_channels, taps)."""
+    ca = channel_axis(spec) + 1
+    return jnp.sum(sums, axis=tuple(a for a in range(sums.ndim) if a not in (0, ca))).T
+
+
 def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool = False) -> jax.Array:
     """d(sum y*g)/dw: per tap, the products summed elementwise over blocks first, then one reduction.
 
     The products slice_t(x) * g are cut into SUMMED_BLOCKS blocks along the batch (and, for small batches, the
     leading output axis) and the blocks added elementwise: XLA:CPU fuses that into one loop like the forward's
     tap sum, and only a block's worth of sums per tap is left to its (much slower) reductions. Unrolled over all
-    taps, or (loop=True) a loop over the leading kernel axes with the last axis's taps unrolled.
+    taps (from the padded output gradient where that is possible, else from the input's stride phases), or
+    (loop=True) a loop over the leading kernel axes with the last axis's taps unrolled.
     """
+    blocks = _summing_blocks(spec, x.shape[0])
+    if not loop and _reads_the_padded_output_grad(spec, blocks):
+        grads = _summed_from_padded_output_grad(spec, blocks, x, g)
+    elif not loop:
+        grads = _summed_unrolled(spec, blocks, x, g)
+    else:
+        grads = _summed_loop(spec, blocks, x, g)
+    return grads.reshape(spec.out_channels, 1, *spec.kernel_size)
+
+
+def _summed_from_padded_output_grad(spec: ConvSpec, blocks: _Blocks, x: jax.Array, g: jax.Array) -> jax.Array:
+    """Tap t's products x_padded[o + t*d] * g[o], indexed by input position i = o + t*d - pad instead: x[i] times
+    the slice of grad_input's padded output gradient that starts at reach - t*d. XLA computes that padded
+    gradient once for both gradients, and the padded input is then dead once the forward is done."""
     acc_dtype = accumulation_dtype(spec)
-    batch, rows = x.shape[0], spec.out_spatial[0]
-    # Batch blocks ran 1.2-1.7x faster than row blocks (MobileNet 3x3 s1/s2, ConvNeXt 7x7, 32x64x28x28 3x3), but a
-    # batch sharded over an Explicit mesh axis cannot be sliced: then the rows alone are cut.
-    batch_blocks = 1 if "batch" in spec.explicit_sharding else min(batch, SUMMED_BLOCKS)
-    row_blocks = min(rows, max(1, SUMMED_BLOCKS // batch_blocks))
-    batch_size, row_size = -(-batch // batch_blocks), -(-rows // row_blocks)
-    extra_batch, extra_rows = batch_blocks * batch_size - batch, row_blocks * row_size - rows
+    g_padded = _dilated_output_grad(spec, g)
+    xs = x.astype(acc_dtype)
+    sums = []
+    for tap in _taps(spec):
+        gs = g_padded
+        for axis, t, d, k, size in zip(spatial_axes(spec), tap, spec.dilation, spec.kernel_size,
+                                       spec.lowering_in_spatial):
+            start = d * (k - 1) - t * d
+            gs = lax.slice_in_dim(gs, start, start + size, axis=axis)
+        sums.append(_block_sum(spec, blocks, _read_by_tap(spec, xs, tap), gs.astype(acc_dtype)))
+    return _reduce_taps(spec, jnp.stack(sums))
 
-    axes = spatial_axes(spec)
-    row_axis = axes[0]
 
-    def reduce_taps(sums):
-        """The stacked per-tap sums (taps first) reduced to (out_channels, taps)."""
-        ca = channel_axis(spec) + 1
-        return jnp.sum(sums, axis=tuple(a for a in range(sums.ndim) if a not in (0, ca))).T
-
-    def block_sum(a, b):
-        """sum over the blocks (of the batch, and of the leading spatial axis where there are row blocks) of a * b."""
-        total = None
-        for i, r in itertools.product(range(batch_blocks), range(row_blocks)):
-            def block(v):
-                v = lax.slice_in_dim(v, i * batch_size, (i + 1) * batch_size, axis=0)
-                return v if row_blocks == 1 else lax.slice_in_dim(v, r * row_size, (r + 1) * row_size, axis=row_axis)
-            term = block(a) * block(b)
-            total = term if total is None else total + term
-        return total
-
-    if not loop and _reads_the_padded_output_grad(spec, batch_blocks, row_blocks, extra_batch):
-        # Tap t's products x_padded[o + t*d] * g[o], indexed by input position i = o + t*d - pad instead: x[i] times
-        # the slice of grad_input's padded output gradient that starts at reach - t*d. XLA computes that padded
-        # gradient once for both gradients, and the padded input is then dead once the forward is done.
-        g_padded = _dilated_output_grad(spec, g)
-        xs = x.astype(acc_dtype)
-        sums = []
-        for tap in _taps(spec):
-            gs = g_padded
-            for axis, t, d, k, size in zip(axes, tap, spec.dilation, spec.kernel_size, spec.lowering_in_spatial):
-                start = d * (k - 1) - t * d
-                gs = lax.slice_in_dim(gs, start, start + size, axis=axis)
-            sums.append(block_sum(_read_by_tap(spec, xs, tap), gs.astype(acc_dtype)))
-        return reduce_taps(jnp.stack(sums)).reshape(spec.out_channels, 1, *spec.kernel_size)
-
-    if extra_batch:
-        x = jnp.pad(x, [(0, extra_batch)] + [(0, 0)] * (x.ndim - 1))
-    phases = _stride_phases(spec, x, extra_hi=(extra_rows * spec.stride[0],) + (0,) * (spec.ndim - 1))
+def _phases_and_extended_grad(spec: ConvSpec, blocks: _Blocks, x: jax.Array, g: jax.Array):
+    """The input's stride phases and g, both zero-extended to whole blocks, and the window per spatial axis (in
+    phase coordinates) that a tap's slice covers."""
+    if blocks.extra_batch:
+        x = jnp.pad(x, [(0, blocks.extra_batch)] + [(0, 0)] * (x.ndim - 1))
+    phases = _stride_phases(spec, x, extra_hi=(blocks.extra_rows * spec.stride[0],) + (0,) * (spec.ndim - 1))
     g_pad = [(0, 0)] * g.ndim
-    g_pad[0], g_pad[row_axis] = (0, extra_batch), (0, extra_rows)
-    g = jnp.pad(g.astype(acc_dtype), g_pad)
-    windows = (row_blocks * row_size,) + spec.out_spatial[1:]  # per spatial axis, in phase coordinates
+    g_pad[0], g_pad[spatial_axes(spec)[0]] = (0, blocks.extra_batch), (0, blocks.extra_rows)
+    g = jnp.pad(g.astype(accumulation_dtype(spec)), g_pad)
+    windows = (blocks.row_blocks * blocks.row_size,) + spec.out_spatial[1:]
+    return phases, g, windows
 
-    def summed_products(xs):
-        """sum over blocks of xs * g (xs: the input slice a tap meets, shaped like g)."""
-        if extra_rows:  # rows past the output meet g's zero rows: zeroed, so that a NaN or inf there stays out
-            xs = jnp.where(lax.broadcasted_iota(jnp.int32, xs.shape, row_axis) < rows, xs, jnp.zeros((), xs.dtype))
-        return block_sum(_expand_channels(spec, xs).astype(acc_dtype), g)
 
-    if not loop:
-        sums = []
-        for tap in _taps(spec):
-            phase, starts = _tap_phase_and_starts(spec, tap)
-            xs = phases[phase]
-            for axis, start, window in zip(axes, starts, windows):
-                xs = lax.slice_in_dim(xs, start, start + window, axis=axis)
-            sums.append(summed_products(xs))
-        grads = reduce_taps(jnp.stack(sums))
-        return grads.reshape(spec.out_channels, 1, *spec.kernel_size)
+def _summed_products(spec: ConvSpec, blocks: _Blocks, xs: jax.Array, g: jax.Array) -> jax.Array:
+    """sum over blocks of xs * g (xs: the input slice a tap meets, shaped like the extended g)."""
+    if blocks.extra_rows:  # rows past the output meet g's zero rows: zeroed, so that a NaN or inf there stays out
+        row_axis, rows = spatial_axes(spec)[0], spec.out_spatial[0]
+        xs = jnp.where(lax.broadcasted_iota(jnp.int32, xs.shape, row_axis) < rows, xs, jnp.zeros((), xs.dtype))
+    return _block_sum(spec, blocks, _expand_channels(spec, xs).astype(accumulation_dtype(spec)), g)
 
-    # The loop form, at stride 1 (weight_grad_form takes it only there): over the leading kernel axes, with the
-    # last axis's taps unrolled. Rematerialized, so that transposing the loop re-slices the input per step
-    # instead of saving every tap's slice.
+
+def _summed_unrolled(spec: ConvSpec, blocks: _Blocks, x: jax.Array, g: jax.Array) -> jax.Array:
+    phases, g, windows = _phases_and_extended_grad(spec, blocks, x, g)
+    sums = []
+    for tap in _taps(spec):
+        phase, starts = _tap_phase_and_starts(spec, tap)
+        xs = phases[phase]
+        for axis, start, window in zip(spatial_axes(spec), starts, windows):
+            xs = lax.slice_in_dim(xs, start, start + window, axis=axis)
+        sums.append(_summed_products(spec, blocks, xs, g))
+    return _reduce_taps(spec, jnp.stack(sums))
+
+
+def _summed_loop(spec: ConvSpec, blocks: _Blocks, x: jax.Array, g: jax.Array) -> jax.Array:
+    """The loop form, at stride 1 (weight_grad_form takes it only there): over the leading kernel axes, with the
+    last axis's taps unrolled. Rematerialized, so that transposing the loop re-slices the input per step instead
+    of saving every tap's slice."""
     if max(spec.stride) != 1:
         raise ValueError(f"grad_weight_summed: the loop form needs stride 1, got {spec.stride}")
-    xp = phases[0]
+    phases, g, windows = _phases_and_extended_grad(spec, blocks, x, g)
+    xp, axes = phases[0], spatial_axes(spec)
     lead_kernel, kw, d_last = spec.kernel_size[:-1], spec.kernel_size[-1], spec.dilation[-1]
 
     @jax.checkpoint
@@ -391,13 +406,12 @@ def grad_weight_summed(spec: ConvSpec, x: jax.Array, g: jax.Array, *, loop: bool
         for axis, t, d, window in zip(axes[:-1], jnp.unravel_index(index, lead_kernel), spec.dilation, windows):
             begin[axis], size[axis] = t * d, window
         rows = lax.dynamic_slice(xp, begin, size)
-        sums = [summed_products(lax.slice_in_dim(rows, j * d_last, j * d_last + windows[-1], axis=axes[-1]))
-                for j in range(kw)]
-        return lax.dynamic_update_index_in_dim(acc, reduce_taps(jnp.stack(sums)), index, axis=1)
+        sums = [_summed_products(spec, blocks, lax.slice_in_dim(rows, j * d_last, j * d_last + windows[-1],
+                                                                axis=axes[-1]), g) for j in range(kw)]
+        return lax.dynamic_update_index_in_dim(acc, _reduce_taps(spec, jnp.stack(sums)), index, axis=1)
 
-    grads = lax.fori_loop(0, math.prod(lead_kernel), row,
-                          jnp.zeros((spec.out_channels, math.prod(lead_kernel), kw), acc_dtype))
-    return grads.reshape(spec.out_channels, 1, *spec.kernel_size)
+    return lax.fori_loop(0, math.prod(lead_kernel), row,
+                         jnp.zeros((spec.out_channels, math.prod(lead_kernel), kw), accumulation_dtype(spec)))
 
 
 def _read_by_tap(spec: ConvSpec, x: jax.Array, tap) -> jax.Array:
@@ -420,15 +434,12 @@ def _read_by_tap(spec: ConvSpec, x: jax.Array, tap) -> jax.Array:
 
 
 # At stride 1, without a channel multiplier, the unrolled summed weight gradient reads the padded output gradient
-# that grad_input builds instead of the padded input that the forward builds. In the forward+backward both were
-# live together with the per-tap sums: MobileNet's 3x3 on 8x128x56x56 kept 40 MiB of scratch, over glibc's 32 MB
-# mmap threshold (README, "Speed on CPU: the allocator"), and 28 MiB this way. Forward+backward, both forms
-# interleaved in one process (development probe, medians of 9, ms): MobileNet 3x3 24.3 -> 16.0 (cotangent y - t:
-# 28.8 -> 13.0), channels-last 32.0 -> 16.8; under the threshold even: 8x64x28x28 3x3 0.91 vs 1.01, 1-D k4
-# 8x256x1024 3.65 vs 3.59. Only where the blocks are whole batch slices (no row blocks, no ragged batch) and
-# grad_input's padding crops nothing (padding at most the kernel's reach on each side).
-def _reads_the_padded_output_grad(spec: ConvSpec, batch_blocks: int, row_blocks: int, extra_batch: int) -> bool:
-    if max(spec.stride) != 1 or spec.out_channels != spec.in_channels or row_blocks != 1 or extra_batch:
+# that grad_input builds instead of the padded input that the forward builds: one buffer fewer live in the
+# forward+backward, which kept MobileNet's scratch under glibc's mmap threshold (docs/lowerings.md, "taps"). Only
+# where the blocks are whole batch slices (no row blocks, no ragged batch) and grad_input's padding crops nothing
+# (padding at most the kernel's reach on each side).
+def _reads_the_padded_output_grad(spec: ConvSpec, blocks: _Blocks) -> bool:
+    if max(spec.stride) != 1 or spec.out_channels != spec.in_channels or blocks.row_blocks != 1 or blocks.extra_batch:
         return False
     return all(lo >= 0 and hi >= 0 for lo, hi, _ in _dilated_output_grad_config(spec))
 
@@ -485,22 +496,12 @@ def grad_weight_banded(spec: ConvSpec, x: jax.Array, g: jax.Array) -> jax.Array:
 # --- wiring -------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _depthwise(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return forward(spec, x, w)
-
-
-def _depthwise_jvp(spec, primals, tangents):
-    x, w = primals
-    tx, tw = tangents
-    y = forward(spec, x, w)
+def _tangent_terms(spec, x, w, tx, tw):
     # The x-tangent map is the transpose of grad_input, so reverse mode transposes it back into grad_input.
     # grad_input multiplies every weight by the dilated output gradient's padding, so an inf or NaN weight would
     # put NaNs where lax and torch have none; then the transpose of the tap sum itself runs instead (it adds the
     # padding rather than multiplying by it). Both branches are elementwise, the only work XLA:CPU runs well inside
-    # lax.cond; the guarded backward measured no slower than the unguarded one on the benchmark's depthwise rows,
-    # since the branch also keeps grad_input's loops apart from the weight gradient's
-    # (benchmarks/results/nonfinite_ab_cpu.md, benchmarks/results/cond_overhead_cpu.md).
+    # lax.cond (docs/lowerings.md, "taps").
     def exact_grad_input(g):
         return jax.vjp(lambda x_: forward(spec, x_, w), x)[1](g.astype(output_dtype(spec)))[0].astype(x.dtype)
 
@@ -517,7 +518,7 @@ def _depthwise_jvp(spec, primals, tangents):
         grad_weight = grad_weight_banded if form == "banded" else functools.partial(
             grad_weight_summed, loop=form == "summed loop")
         parts.append((tw, lambda g: grad_weight(spec, x, g).astype(w.dtype)))
-    return y, tangent_from_gradients(y, parts, direct)
+    return parts, direct
 
 
-_depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
+_depthwise = with_tangent_terms(forward, _tangent_terms)

@@ -5,27 +5,21 @@ regrouped kernel), which is correct everywhere but slow where XLA convolves the 
 
 One CPU exception to folding zero padding into the convolution: along axes where the padding makes the output
 longer than the input (a 'full' or causal conv padded by more than the kernel's reach), XLA:CPU computes the
-weight gradient 10-30x slower with the padding folded in (development probes, 2 cores, gradient w.r.t. the weight
-alone: 8x64x56x56 -> 64 3x3 padding 2: 530 ms folded, 64 with all of it padded beforehand, 23 with only the
-excess padded beforehand; 8x128x28x28 3x3 padding 2: 577 / 20 / 14; 4x64x8192 k3 d4 padding 8: 225 / 10 / 12;
-stride 2 padding 40 on 64 samples: 7.4 / 1.0 / 1.0). So the weight gradient pads the excess (out - in zeros per
-such axis, split to leave the folded remainder balanced) beforehand and folds the rest, which measured best or
-equal; padding everything beforehand is slower where folding was fast (8x64x56x56 3x3 padding 1: 22 folded, 55
-beforehand). Only the weight gradient does this: a custom_jvp whose weight tangent is the conv of the pre-padded
-input, so the forward and the input gradient stay lax's own (the forward with the pad measured 0.78-0.87x of
-lax's in the benchmark), reverse mode transposes that tangent into the fast weight gradient, and forward mode
-still works.
+weight gradient many times slower with the padding folded in, so the weight gradient pads that excess
+beforehand and folds the rest (docs/lowerings.md, "xla"). Only the weight gradient does this: a custom_jvp whose
+weight tangent is the conv of the pre-padded input, so the forward and the input gradient stay lax's own, reverse
+mode transposes that tangent into the fast weight gradient, and forward mode still works.
 """
 
 from __future__ import annotations
 
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowerings.common import (dimension_numbers, spatial_axes, transposed_as_conv_padding,
-                                    transposed_weight_as_conv, with_weight_tangent)
+from jconv.lowerings.common import (
+    dimension_numbers, pad_spatial, transposed_as_conv_padding, transposed_weight_as_conv, with_weight_tangent)
 from jconv.spec import ConvSpec
 
 NAME = "xla"
@@ -34,7 +28,7 @@ NAME = "xla"
 DETERMINISTIC = True
 
 
-def accepts(spec: ConvSpec):
+def refusal(spec: ConvSpec) -> Optional[str]:
     return None
 
 
@@ -61,10 +55,7 @@ def conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Arr
     else:
         strides, padding, lhs_dilation = spec.stride, spec.lowering_padding, None
     if beforehand is not None:
-        config = [(0, 0, 0)] * x.ndim
-        for axis, pre in zip(spatial_axes(spec), beforehand):
-            config[axis] = (*pre, 0)
-        x = lax.pad(x, jnp.zeros((), x.dtype), config)
+        x = pad_spatial(spec, x, beforehand)
         padding = tuple((lo - a, hi - b) for (lo, hi), (a, b) in zip(padding, beforehand))
     return lax.conv_general_dilated(
         x, w,

@@ -94,7 +94,7 @@ def random_case(rng: random.Random) -> Case:
 
 
 def crashes_xla(case: Case, lowering: str) -> bool:
-    """The upstream XLA:CPU abort (README, "Multiple devices"; tests/scripts/xla_dilated_conv_grad_abort.py): the
+    """The upstream XLA:CPU abort (docs/devices.md, "Multiple devices"; tests/scripts/xla_dilated_conv_grad_abort.py): the
     weight gradient of some lax convs with lhs_dilation, which `xla` builds for strided transposed convs, kills the
     process while compiling (a dilated 3-D one; conv_transpose2d of a 3x3 input, k4, stride (1, 2), padding (0, 3)), so
     such a check would end the whole run. Which ones crash is not predictable from the arguments: all are skipped.

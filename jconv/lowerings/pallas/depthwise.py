@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +44,6 @@ class BlockSizes:
     block_c: int = 32
     num_warps: int = 4
     num_stages: int = 2
-
-    @classmethod
-    def get_default(cls) -> "BlockSizes":
-        return cls()
 
 
 def _pow2(n: int) -> int:
@@ -190,12 +186,12 @@ def depthwise_weight_grad(x, g, kernel, dilation, blocks: BlockSizes = BlockSize
 # --- the lowering -------------------------------------------------------------------------------------------
 
 
-def accepts(spec: ConvSpec):
+def refusal(spec: ConvSpec) -> Optional[str]:
     if spec.explicit_sharding:
         return "pallas_call is not partitioned: inputs sharded over an Explicit mesh axis are not supported"
     if spec.transposed:
         return "transposed convolutions are not implemented as Pallas kernels"
-    if spec.in_per_group != 1:
+    if not spec.is_depthwise:
         return f"needs a depthwise conv (groups == in_channels), but in_channels/groups = {spec.in_per_group}"
     if spec.ndim == 3:
         return "3-D depthwise convolutions are not implemented as Pallas kernels"
@@ -229,7 +225,7 @@ def _weights_hwc(spec: ConvSpec, w):
 
 
 def _expand(spec: ConvSpec, x):
-    multiplier = spec.out_channels // spec.in_channels
+    multiplier = spec.channel_multiplier
     return x if multiplier == 1 else jnp.repeat(x, multiplier, axis=-1)
 
 
@@ -252,7 +248,7 @@ def _grad_input(spec: ConvSpec, w, g):
     g_dilated = jax.lax.pad(gh, jnp.zeros((), gh.dtype), config)
     flipped = _weights_hwc(spec, w)[::-1, ::-1]
     gx = depthwise_stride1(g_dilated, flipped.astype(g_dilated.dtype), dilation)
-    multiplier = spec.out_channels // spec.in_channels
+    multiplier = spec.channel_multiplier
     if multiplier > 1:
         gx = gx.reshape(*gx.shape[:-1], spec.in_channels, multiplier).sum(-1)
     gx = gx[:, pads[0][0]:pads[0][0] + in_sp[0], pads[1][0]:pads[1][0] + in_sp[1]]
@@ -290,9 +286,3 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 def lower(spec: ConvSpec, x, w):
     return _depthwise(spec, x, w)
 
-
-def depthwise_reference(spec: ConvSpec, x, w):
-    """Plain-jnp reference with the same contract as lower(): lax's grouped convolution."""
-    from jconv.lowerings import xla
-
-    return xla.lower(spec, x, w)
