@@ -57,7 +57,7 @@ def test_every_rule_cites_a_measurement_or_reason():
     ("grouped", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), {}, "groups == 1: nothing to split"),
     ("dilated", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), dict(dilation=2, stride=2), "needs stride 1 along every"),
     ("phase", jconv.conv2d, (1, 4, 8, 8), (4, 4, 3, 3), {}, "phase decomposition is for transposed"),
-    ("taps", jconv.conv_transpose1d, (1, 4, 8), (4, 1, 3), dict(groups=4), "transposed convolutions are not tap"),
+    ("taps", jconv.conv_transpose1d, (1, 4, 8), (4, 1, 3), dict(groups=4), "transposed convolutions are handled by the phase and xla"),
 ])
 def test_explicit_lowering_that_cannot_handle_the_call_is_a_clear_error(lowering, fn, xs, ws, kw, regex):
     with pytest.raises(ValueError, match=regex):
