@@ -9,30 +9,18 @@ neither has.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jconv
-from jconv import dispatch
-from parity import accepted, build_spec, jconv_forward_and_grads
+from parity import accepted, jconv_forward_and_grads
 from references import Case, torch_forward_and_grads
 from test_parity import BIAS, cases
 
 # xla is lax itself, the second oracle.
 LOWERINGS = ("auto",) + tuple(name for name in jconv.LOWERING_NAMES if name != "xla")
-
-# Where a lowering still differs from both oracles: (lowering, operand) -> why. Each is in docs/semantics.md.
-KNOWN_GAPS = {
-    ("pallas", "weight"): "the Pallas kernels multiply weights by padded tiles (docs/semantics.md)",
-    ("pallas", "input"): "the Pallas weight-gradient kernel multiplies inputs by padded tiles (docs/semantics.md)",
-    ("phase", "weight"): "phase's sub-convolutions pad their windows (docs/semantics.md)",
-    ("phase", "input"): "phase's matmul weight gradient multiplies inputs by out-of-range columns (docs/semantics.md)",
-    ("dilated", "weight"): "the phases' inner convolution pads to a multiple of the dilation (docs/semantics.md)",
-    ("dilated", "input"): "the phases' inner convolution computes outputs past the real ones (docs/semantics.md)",
-}
 
 VALUES = (np.nan, np.inf, -np.inf)
 NAMES = ("output", "grad_input", "grad_weight", "grad_bias")
@@ -41,14 +29,6 @@ NAMES = ("output", "grad_input", "grad_weight", "grad_bias")
 def _codes(a: np.ndarray) -> np.ndarray:
     """0 finite, 1 NaN, 2 +inf, 3 -inf."""
     return np.select([np.isnan(a), np.isposinf(a), np.isneginf(a)], [1, 2, 3], 0)
-
-
-def known_gap(case: Case, lowering: str, operand: str):
-    """The KNOWN_GAPS reason that covers this call (auto: the lowering it picks), or None."""
-    if lowering == "auto":
-        x, w, b = case.arrays()
-        lowering = dispatch.select(build_spec(case, "auto", *map(jnp.asarray, (x, w)), None)).lowering
-    return KNOWN_GAPS.get((lowering, operand))
 
 
 def check_nonfinite_parity(case: Case, lowering: str, x, w, b, seed: int = 0):
@@ -75,14 +55,11 @@ def check_nonfinite_parity(case: Case, lowering: str, x, w, b, seed: int = 0):
 @pytest.mark.parametrize("operand", ("input", "weight"))
 @pytest.mark.parametrize("lowering", LOWERINGS)
 def test_hypothesis_nonfinite_parity(lowering, operand):
-    if (lowering, operand) in KNOWN_GAPS:
-        pytest.skip(KNOWN_GAPS[lowering, operand])
-
     @settings(max_examples=6, deadline=None)
     @given(case=cases(**BIAS.get(lowering, {})), seed=st.integers(0, 2**16), value=st.sampled_from(VALUES),
            data=st.data())
     def check(case, seed, value, data):
-        assume(accepted(case, lowering) and known_gap(case, lowering, operand) is None)
+        assume(accepted(case, lowering))
         x, w, b = case.arrays(seed)
         target = x if operand == "input" else w
         # Half the draws take the last position: an edge that some taps never read.
@@ -110,6 +87,19 @@ REGRESSIONS = [
     ("taps", _conv(in_channels=3, out_channels=3, kernel=(3, 3), groups=3, padding=1), "input", np.nan, (1, 2, 6, 5)),
     # taps: the input gradient multiplied an inf weight by the dilated output gradient's padding.
     ("taps", _conv(in_channels=3, out_channels=6, kernel=(3, 3), groups=3, padding=1), "weight", np.inf, (4, 0, 2, 2)),
+    # phase: a sub-convolution padded its window, and the NaN weight met the padding (found by the hypothesis test).
+    ("phase", Case(n=1, transposed=True, batch=1, in_channels=2, out_channels=2, spatial=(1,), kernel=(2,),
+                   groups=2, bias=False), "weight", np.nan, (1, 0, 1)),
+    # auto (phase, grouped 3-D): the same through a grouped sub-convolution's padded window.
+    ("auto", Case(n=3, transposed=True, batch=1, in_channels=3, out_channels=3, spatial=(1, 2, 1), kernel=(2, 3, 2),
+                  stride=(2, 1, 1), padding=(0, 3, 0), dilation=(1, 3, 1), groups=3, output_padding=(1, 2, 0),
+                  bias=False), "weight", -np.inf, (2, 0, 1, 2, 1)),
+    # dilated: the inner conv's zero extension met a NaN input.
+    ("dilated", _conv(in_channels=2, out_channels=3, kernel=(3, 3), dilation=(2, 2), padding=1), "input", np.nan,
+     (1, 1, 6, 5)),
+    # pallas: the kernels' padded tiles met an inf weight.
+    ("pallas", _conv(in_channels=3, out_channels=3, kernel=(3, 3), groups=3, padding=1), "weight", np.inf,
+     (2, 0, 2, 2)),
     # im2col: the chunked weight gradient's rows that wrap past an output row read real inputs.
     ("im2col", _conv(in_channels=3, out_channels=4, kernel=(3, 3), padding=1), "input", -np.inf, (0, 1, 6, 5)),
 ]

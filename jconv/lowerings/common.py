@@ -217,9 +217,10 @@ def with_weight_tangent(forward, weight_tangent):
 #
 # A fast formulation that multiplies by zeros neither lax nor torch forms products with (an output gradient's
 # padding, say) puts NaNs where they have finite values: 0 * NaN = NaN, 0 * inf = NaN. Where masking those products
-# would cost too much, the fast form is guarded: it runs when every guarded operand is finite, and an exact form
-# otherwise (docs/semantics.md, "Non-finite values"). Only around elementwise work: XLA:CPU runs a convolution or
-# matmul inside lax.cond far slower than outside (same page).
+# would cost too much, the fast form is guarded: an exact form runs instead when a guarded operand holds a NaN or
+# inf (docs/semantics.md, "Non-finite values"). XLA:CPU runs a convolution or matmul inside lax.cond far slower
+# than outside (same page), so a branch holds either elementwise work only (exact_for_nonfinite), or the exact form
+# alone, with the fast one outside it (with_exact_fallback).
 
 
 @custom_vmap
@@ -248,3 +249,22 @@ def exact_for_nonfinite(fast, exact, *guarded: jax.Array):
     (the predicate depends only on `guarded`, never on a linear argument)."""
     predicate = all_finite(*guarded)
     return lambda *args: lax.cond(predicate, fast, exact, *args)
+
+
+def _zero_nonfinite(a: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isfinite(a), a, jnp.zeros((), a.dtype))
+
+
+def with_exact_fallback(fast, exact, *, guard_input: bool = True):
+    """lower(spec, x, w): fast(spec, x, w) where the guarded operands (w, and x unless guard_input=False) are
+    finite, exact(spec, x, w) where one holds a NaN or inf. `fast` runs outside the branch, keeping its speed, on
+    the guarded operands with non-finite values replaced by zeros, so that its gradients stay finite where the
+    branch discards its output; the branch passes that output on, or runs `exact` (which the common case never
+    does)."""
+
+    def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+        finite = all_finite(x, w) if guard_input else all_finite(w)
+        y = fast(spec, _zero_nonfinite(x) if guard_input else x, _zero_nonfinite(w))
+        return lax.cond(finite, lambda y, x, w: y, lambda y, x, w: exact(spec, x, w).astype(y.dtype), y, x, w)
+
+    return lower

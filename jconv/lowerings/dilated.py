@@ -20,9 +20,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jconv.lowerings import lower_inner
+from jconv.lowerings import lower_inner, xla
 from jconv.lowerings.common import (
-    MAX_PHASES, interleave_phases, padded_spatial, sharding_refusal, spatial_axes, transposed_refusal, zero_pad)
+    MAX_PHASES, interleave_phases, padded_spatial, sharding_refusal, spatial_axes, transposed_refusal,
+    with_exact_fallback, zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "dilated"
@@ -52,7 +53,7 @@ def inner_spec(spec: ConvSpec) -> ConvSpec:
         padding=((0, 0),) * spec.ndim, padding_mode="zeros", lowering="auto", has_bias=False, batched=True)
 
 
-def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+def _space_to_batch(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     d = spec.dilation
     inner = inner_spec(spec)
     extra = [q * di - p for q, di, p in zip(inner.in_spatial, d, padded_spatial(spec))]
@@ -70,3 +71,8 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     x = x.reshape(inner.batch, *x.shape[2:])
     y = lower_inner(inner, x, w)
     return interleave_phases(spec, y, d, inner.out_spatial, phases_first=False)
+
+
+# The inner conv runs over the phases zero-extended to a multiple of the dilation, and computes outputs past the
+# real ones: a NaN or inf operand would meet those zeros (docs/semantics.md, "Non-finite values"). Then lax runs.
+lower = with_exact_fallback(_space_to_batch, xla.lower)

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv.lowerings import lower_inner
+from jconv.lowerings import lower_inner, xla
 from jconv.lowerings.common import (
     MAX_PHASES, accumulation_dtype, interleave_phases, output_dtype, sharding_refusal, spatial_axes,
-    with_tangent_terms)
+    with_exact_fallback, with_tangent_terms)
 from jconv.spec import ConvSpec
 
 NAME = "phase"
@@ -346,5 +346,15 @@ def _gemm_tangent_terms(spec, x, w, tx, tw):
 _with_gemm_grads = with_tangent_terms(forward, _gemm_tangent_terms)
 
 
-def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+def _fast(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     return _with_gemm_grads(spec, x, w) if gemm_grads(spec) else forward(spec, x, w)
+
+
+# The phase convs pad their windows: a NaN or inf weight would meet those zeros (docs/semantics.md, "Non-finite
+# values"), so lax runs instead. The branch costs time on the output's path, so only that form has it: the matmul
+# forward adds padding to its products instead, and a non-finite input meets zeros only as torch's products do.
+_with_exact_fallback = with_exact_fallback(_fast, xla.lower, guard_input=False)
+
+
+def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    return _fast(spec, x, w) if matmul_forward(spec) else _with_exact_fallback(spec, x, w)

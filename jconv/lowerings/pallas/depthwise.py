@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jconv.lowerings.common import input_grad_dilation, output_dtype
+from jconv.lowerings import xla
+from jconv.lowerings.common import input_grad_dilation, output_dtype, with_exact_fallback
 from jconv.spec import ConvSpec
 
 NAME = "pallas"
@@ -283,6 +284,7 @@ def _depthwise_bwd(spec, residuals, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def lower(spec: ConvSpec, x, w):
-    return _depthwise(spec, x, w)
+# The kernels multiply weights and inputs by the zeros that pad their tiles: a NaN or inf operand would meet them
+# (docs/semantics.md, "Non-finite values"). Then lax runs instead.
+lower = with_exact_fallback(_depthwise, xla.lower)
 
