@@ -16,6 +16,7 @@ from jconv.functional import (
     conv_transpose2d,
     conv_transpose3d,
 )
+from jconv.lax_api import conv_general_dilated, conv_transpose
 from jconv.spec import ConvSpec
 
 __version__ = "0.1.0"  # the package's one version (pyproject.toml reads it)
@@ -36,7 +37,7 @@ _determinism._enable_from_env()
 
 __all__ = [
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "explain", "Choice", "ConvSpec", "LOWERING_NAMES",
+    "conv_general_dilated", "conv_transpose", "explain", "Choice", "ConvSpec", "LOWERING_NAMES",
     "use_deterministic_algorithms", "are_deterministic_algorithms_enabled",
     "is_deterministic_algorithms_warn_only_enabled", "deterministic_jit",
 ]

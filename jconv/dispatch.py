@@ -138,11 +138,13 @@ lowerings.set_inner_lowering(lower_auto)
 def explain(fn, input, weight, bias=None, *args, platform: Optional[str] = None, **kwargs) -> Choice:
     """What `fn(input, weight, bias, *args, **kwargs)` would run, without running it.
 
-    `fn` is a jconv function (e.g. jconv.conv2d); arrays may be jax.ShapeDtypeStruct. Print the result for a
+    `fn` is a jconv function (e.g. jconv.conv2d, or jconv.conv_general_dilated with lax's arguments); arrays may be
+    jax.ShapeDtypeStruct. Print the result for a
     one-line description of the convolution and the chosen lowering with the rule's reason.
     """
     build_spec = getattr(fn, "build_spec", None)
     if build_spec is None:
         raise TypeError(f"explain: expected a jconv convolution function, but got {fn!r}")
-    spec = build_spec(input, weight, bias, *args, **kwargs)
+    # A bias left out is not passed on: jconv.conv_general_dilated's third argument is lax's window_strides.
+    spec = build_spec(input, weight, *((bias,) if bias is not None or args else ()), *args, **kwargs)
     return select(spec, platform)

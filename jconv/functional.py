@@ -74,7 +74,7 @@ def _apply_lowering(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b
     return y if spec.batched else y[0]
 
 
-def _convolution(spec: ConvSpec, x, w, b) -> jax.Array:
+def convolution(spec: ConvSpec, x, w, b) -> jax.Array:
     """The convolution `spec` describes, by the lowering dispatch selects: traced inline under a caller's
     transformation, else compiled once per (spec, lowering)."""
     out_dtype = spec.preferred_element_type or spec.dtype
@@ -164,7 +164,7 @@ def _apply(op: str, build_spec: Callable[..., ConvSpec], n: int, arguments: dict
     w = as_jax(op, "weight", arguments.pop("weight"))
     bias = arguments.pop("bias")
     b = None if bias is None else as_jax(op, "bias", bias)
-    return _convolution(build_spec(n, x, w, b, **arguments), x, w, b)
+    return convolution(build_spec(n, x, w, b, **arguments), x, w, b)
 
 
 def _public(n: int, transposed: bool):

@@ -285,6 +285,13 @@ def check_padding_amounts(op: str, padding: IntOrTuple, n: int) -> Tuple[int, ..
     return amounts
 
 
+def _check_explicit_pads(op: str, pads: Any, n: int) -> Pads:
+    pairs = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if len(pairs) != n or any(p < 0 for pair in pairs for p in pair):
+        raise ValueError(f"{op}: expected {n} (low, high) pairs of non-negative padding, but got {pads!r}")
+    return pairs
+
+
 def check_output_padding(op: str, output_padding: Tuple[int, ...], stride: Tuple[int, ...],
                          dilation: Tuple[int, ...]) -> Tuple[int, ...]:
     if any(p < 0 for p in output_padding):
@@ -331,8 +338,12 @@ def make_spec(
     preferred_element_type: Any = None,
     lowering: str = "auto",
     explicitly_sharded_axes: Tuple[int, ...] = (),
+    explicit_pads: Optional[Pads] = None,
 ) -> ConvSpec:
-    """Validate a convolution call exactly as PyTorch does and return its canonical ConvSpec."""
+    """Validate a convolution call exactly as PyTorch does and return its canonical ConvSpec.
+
+    `explicit_pads`, (lo, hi) non-negative amounts per spatial axis, replaces `padding` for a forward conv: lax's
+    asymmetric form, which torch's functions do not take (jconv.conv_general_dilated passes it)."""
     n = ndim
     input_shape = tuple(int(s) for s in input_shape)
     weight_shape = tuple(int(s) for s in weight_shape)
@@ -360,7 +371,8 @@ def make_spec(
     else:
         if output_size is not None:
             raise TypeError(f"{op}: output_size is only accepted by transposed convolutions")
-        pads = _resolve_conv_padding(op, padding, n, kernel_size, dilation_t, stride_t)
+        pads = _resolve_conv_padding(op, padding, n, kernel_size, dilation_t, stride_t) if explicit_pads is None \
+            else _check_explicit_pads(op, explicit_pads, n)
         output_padding_t = (0,) * n
         _check_mode_padding(op, padding_mode, pads, layout.in_spatial, layout.batched_shape, channels_last)
     spec = ConvSpec(
