@@ -41,3 +41,10 @@ def test_train_digits_data_parallel_over_8_devices(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data-parallel over 8 devices" in proc.stdout
     assert float(re.search(r"test accuracy: ([\d.]+)%", proc.stdout).group(1)) >= 97.0, proc.stdout
+
+
+def test_flax_drop_in_trains_like_lax():
+    out = run("examples/flax_drop_in.py", "--epochs", "2")
+    assert float(re.search(r"largest relative loss difference: (\S+)", out).group(1)) < 1e-4, out
+    curves = re.findall(r"loss ([\d. ]+) \|", out)
+    assert len(curves) == 2 and all(float(c.split()[-1]) < float(c.split()[0]) for c in curves), out
