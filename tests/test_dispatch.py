@@ -17,10 +17,10 @@ CASES = [  # (fn, input, weight, kwargs, lowering auto picks on CPU)
     (jconv.conv1d, (4, 512, 2048), (1024, 1, 4), dict(padding=3, groups=512), "taps"),  # multiplier 2
     (jconv.conv2d, (4, 256, 28, 28), (256, 8, 3, 3), dict(padding=1, groups=32), "grouped"),
     (jconv.conv2d, (8, 256, 28, 28), (64, 256, 1, 1), {}, "matmul"),
-    (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "im2col"),
-    (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=4, dilation=4), "im2col"),
+    (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "xla"),
+    (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=4, dilation=4), "xla"),
     (jconv.conv2d, (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1, stride=2), "xla"),
-    (jconv.conv2d, (8, 56, 56, 64), (64, 64, 3, 3), dict(padding=4, dilation=4, channels_last=True), "im2col"),
+    (jconv.conv2d, (8, 56, 56, 64), (64, 64, 3, 3), dict(padding=4, dilation=4, channels_last=True), "xla"),
     (jconv.conv2d, (4, 64, 64, 3), (32, 3, 7, 7), dict(padding=3, channels_last=True), "xla"),  # 3 channels
     (jconv.conv2d, (32, 7, 7, 512), (512, 512, 3, 3), dict(padding=1, channels_last=True), "xla"),  # 7x7
     (jconv.conv2d, (8, 56, 56, 64), (64, 64, 3, 3), dict(padding=1, stride=2, channels_last=True), "xla"),

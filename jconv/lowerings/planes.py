@@ -7,8 +7,7 @@ conv with kd*C input channels, about 3x faster than XLA's 3-D conv forward+backw
 
 Groups stay groups: the stacked channels are ordered (group, depth tap, channel), so a grouped 3-D conv is a
 grouped 2-D conv. The 2-D conv goes through dispatch like any other (1x1 planes become a matmul, groups the
-grouped lowering, dense ones im2col, whose weight gradient is faster than XLA's). The cost is memory: the
-stacked input is kd times the input.
+grouped lowering, dense ones lax's own). The cost is memory: the stacked input is kd times the input.
 
 Sharding: batch and H/W shardings are kept (batch is the major factor of the merged batch axis). A depth-sharded
 input cannot stay sharded through that merge; GSPMD gathers it (correct, replicated). Merging depth into H instead
