@@ -185,9 +185,10 @@ def plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
     it) or, where lax runs the call unchanged, a sentence saying why. Arrays may be jax.ShapeDtypeStruct."""
     arguments = _lax_arguments(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                feature_group_count, batch_group_count, precision, preferred_element_type, out_sharding)
-    if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in (lhs, rhs)):
-        return "an operand that is not an array"
-    types = [(tuple(a.shape), np.dtype(a.dtype)) for a in (lhs, rhs)]
+    try:  # as lax sees them: float64 NumPy arrays are float32 without jax_enable_x64
+        types = [(tuple(a.shape), jax.dtypes.canonicalize_dtype(a.dtype)) for a in (lhs, rhs)]
+    except (AttributeError, TypeError):
+        return "an operand that is not a JAX or NumPy array"
     try:
         hash(arguments)
     except TypeError:  # an unhashable form lax may still take: plan it uncached

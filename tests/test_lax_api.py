@@ -288,3 +288,14 @@ def test_where_the_lowering_is_lax_the_callers_call_runs_unchanged():
     jaxpr = str(jax.make_jaxpr(lambda l, r: jconv.conv_general_dilated(l, r, (1, 1), "SAME", lowering="im2col",
                                                                         **kwargs))(lhs, rhs))
     assert "transpose" in jaxpr  # a jconv lowering in torch's layout
+
+
+def test_operands_lax_cannot_read_raise_what_lax_raises():
+    import torch
+
+    lhs, rhs = torch.ones(2, 3, 8, 8), torch.ones(4, 3, 3, 3)
+    with pytest.raises(TypeError) as expected:
+        lax.conv_general_dilated(lhs, rhs, (1, 1), "SAME")
+    with pytest.raises(TypeError) as got:
+        jconv.conv_general_dilated(lhs, rhs, (1, 1), "SAME")
+    assert str(got.value) == str(expected.value)
