@@ -198,7 +198,7 @@ def plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
 
 def _runs_lax_itself(spec: ConvSpec) -> bool:
     """Whether the lowering dispatch picks is lax's convolution as it is: then the caller's own call runs, in the
-    caller's layouts (an HWIO kernel transposed to torch's layout slowed XLA:CPU's weight gradient;
+    caller's layouts (an HWIO kernel transposed to torch's layout slowed XLA:CPU's backward pass;
     docs/lax_api.md)."""
     return dispatch.select(spec).lowering == xla.NAME and all(p == (0, 0) for p in xla.padded_beforehand(spec))
 
