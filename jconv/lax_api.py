@@ -23,7 +23,7 @@ from jax import lax
 from jconv import dispatch
 from jconv.functional import convolution
 from jconv.lowerings import xla
-from jconv.spec import SUPPORTED_DTYPES, ConvSpec, make_spec
+from jconv.spec import SUPPORTED_DTYPES, ConvSpec, check_lowering, make_spec
 
 OP = "conv_general_dilated"
 
@@ -158,7 +158,7 @@ def _run(plan: Plan, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     y = convolution(spec, x, _torch_weight(plan, rhs), None)
     if spec.channels_last:
         y = jnp.moveaxis(y, -1, 1)
-    if any(plan.out_adjust):
+    if any(amounts != (0, 0) for amounts in plan.out_adjust):
         y = lax.pad(y, jnp.zeros((), y.dtype), ((0, 0, 0),) * 2 + tuple((-lo, -hi, 0) for lo, hi in plan.out_adjust))
     return jnp.transpose(y, plan.out_perm)
 
@@ -183,6 +183,7 @@ def plan(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
          *, lowering: str = "auto") -> Union[Plan, str]:
     """What conv_general_dilated does with these arguments: a Plan (jconv's ConvSpec and the layout changes around
     it) or, where lax runs the call unchanged, a sentence saying why. Arrays may be jax.ShapeDtypeStruct."""
+    check_lowering(OP, lowering)  # jconv's own argument: a mistake in it is an error, never a silent lax call
     arguments = _lax_arguments(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                feature_group_count, batch_group_count, precision, preferred_element_type, out_sharding)
     try:  # as lax sees them: float64 NumPy arrays are float32 without jax_enable_x64
@@ -212,12 +213,15 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: Union
 
     Pass it where lax's is taken: `flax.nnx.Conv(..., conv_general_dilated=jconv.conv_general_dilated)`, or
     `flax.linen.Conv(..., conv_general_dilated=jconv.conv_general_dilated)`. `lowering` is jconv's own: 'auto'
-    or a name from jconv.LOWERING_NAMES (functools.partial fixes it for a module). `jconv.lax_api.plan(...)` with
+    or a name from jconv.LOWERING_NAMES (functools.partial fixes it for a module); a named lowering that cannot
+    take the call raises a ValueError, as in jconv's other functions. `jconv.lax_api.plan(...)` with
     the same arguments says what runs.
     """
     outcome = plan(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                    feature_group_count, batch_group_count, precision, preferred_element_type, out_sharding,
                    lowering=lowering)
+    if isinstance(outcome, str) and lowering not in ("auto", xla.NAME):
+        raise ValueError(f"{OP}: lowering={lowering!r} cannot handle this call, which runs lax itself: {outcome}")
     if isinstance(outcome, str) or _runs_lax_itself(outcome.spec):
         extra = {} if out_sharding is None else dict(out_sharding=out_sharding)
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
