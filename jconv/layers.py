@@ -63,12 +63,13 @@ class LayerConfig:
         """torch.nn.init._calculate_fan_in_and_fan_out(weight)[0]: weight.size(1) * prod(kernel)."""
         return self.weight_shape[1] * math.prod(self.kernel_size)
 
-    def init(self, key: jax.Array, param_dtype: Any):
-        """PyTorch's reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-b, b) with b = 1/sqrt(fan_in), and
-        the bias is U(-b, b) with the same b."""
+    def init(self, key: jax.Array, param_dtype: Any, kernel_init=None, bias_init=None):
+        """(weight, bias or None): PyTorch's reset_parameters, where kaiming_uniform_(a=sqrt(5)) is U(-b, b) with
+        b = 1/sqrt(fan_in) and the bias is U(-b, b) with the same b; or the given initializers, Flax's
+        init(key, shape, dtype), called with PyTorch's shapes."""
         w_key, b_key = jax.random.split(key)
-        weight = self.uniform(w_key, self.weight_shape, param_dtype)
-        bias = self.uniform(b_key, (self.out_channels,), param_dtype) if self.bias else None
+        weight = (kernel_init or self.uniform)(w_key, self.weight_shape, param_dtype)
+        bias = (bias_init or self.uniform)(b_key, (self.out_channels,), param_dtype) if self.bias else None
         return weight, bias
 
     def uniform(self, key: jax.Array, shape, dtype: Any) -> jax.Array:
@@ -202,6 +203,14 @@ def check_options(name: str, *, dtype, param_dtype, channels_last, precision, lo
                 param_dtype=canonical_dtype(name, "param_dtype", param_dtype, allow_none=False),
                 channels_last=bool(channels_last), precision=check_precision(name, precision),
                 lowering=check_lowering(name, lowering))
+
+
+def check_initializers(name: str, **initializers) -> None:
+    """kernel_init / bias_init: None (PyTorch's initialisation) or Flax's init(key, shape, dtype)."""
+    for arg, init in initializers.items():
+        if init is not None and not callable(init):
+            raise TypeError(f"{name}: {arg} must be None or an initializer init(key, shape, dtype), but got "
+                            f"{init!r} ({type(init).__name__})")
 
 
 # --- state_dict interop, shared by the modules ----------------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import linen
 
-from jconv.layers import LayerConfig, check_options, check_state_dict, make_config, torch_module_arguments
+from jconv.layers import (
+    LayerConfig, check_initializers, check_options, check_state_dict, make_config, torch_module_arguments)
 
 
 class _ConvBase(linen.Module):
@@ -30,6 +31,7 @@ class _ConvBase(linen.Module):
 
     def __post_init__(self):
         self._config()  # validate eagerly, with PyTorch's rules
+        check_initializers(type(self).__name__, kernel_init=self.kernel_init, bias_init=self.bias_init)
         options = check_options(type(self).__name__, dtype=self.dtype, param_dtype=self.param_dtype,
                                 channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
         for field, value in options.items():  # canonical values (torch dtypes become NumPy ones)
@@ -40,8 +42,10 @@ class _ConvBase(linen.Module):
     def __call__(self, x, output_size=None):
         """The convolution of x (output_size: transposed modules only, as in PyTorch)."""
         config = self._config()
-        weight = self.param("weight", config.uniform, config.weight_shape, self.param_dtype)  # PyTorch's init
-        bias = self.param("bias", config.uniform, (config.out_channels,), self.param_dtype) if config.bias else None
+        # PyTorch's initialisation unless given Flax initializers (called with PyTorch's shapes).
+        weight = self.param("weight", self.kernel_init or config.uniform, config.weight_shape, self.param_dtype)
+        bias = self.param("bias", self.bias_init or config.uniform, (config.out_channels,), self.param_dtype) \
+            if config.bias else None
         return config.apply(x, weight, bias, output_size=output_size, dtype=self.dtype,
                             channels_last=self.channels_last, precision=self.precision, lowering=self.lowering)
 
@@ -64,7 +68,8 @@ class _ConvNd(_ConvBase):
     channels_last: bool = False
     precision: Any = None
     lowering: str = "auto"
-
+    kernel_init: Any = None
+    bias_init: Any = None
 
 
 class _ConvTransposeNd(_ConvBase):
@@ -84,7 +89,8 @@ class _ConvTransposeNd(_ConvBase):
     channels_last: bool = False
     precision: Any = None
     lowering: str = "auto"
-
+    kernel_init: Any = None
+    bias_init: Any = None
 
 
 class Conv1d(_ConvNd):

@@ -11,13 +11,15 @@ bias parameter. `dtype` is the compute dtype (None: promote input and parameters
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jconv.layers import LayerConfig, check_options, check_state_dict, make_config, torch_module_arguments
+from jconv.layers import (
+    LayerConfig, check_initializers, check_options, check_state_dict, make_config, torch_module_arguments)
 
 
 class _ConvBase(nnx.Module):
@@ -25,20 +27,39 @@ class _ConvBase(nnx.Module):
 
     config: LayerConfig
 
-    def _setup(self, config: LayerConfig, dtype, param_dtype, channels_last, precision, lowering, rngs):
+    def _setup(self, config: LayerConfig, options: dict, rngs):
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"{config.name}: rngs must be an nnx.Rngs, but got {type(rngs).__name__}")
-        options = check_options(config.name, dtype=dtype, param_dtype=param_dtype, channels_last=channels_last,
-                                precision=precision, lowering=lowering)
+        check_initializers(config.name, kernel_init=options["kernel_init"], bias_init=options["bias_init"])
+        for arg in ("kernel_metadata", "bias_metadata"):
+            if not isinstance(options[arg], Mapping):
+                raise TypeError(f"{config.name}: {arg} must be a mapping (nnx.Param's metadata, e.g. "
+                                f"sharding_names), but got {type(options[arg]).__name__}")
+        checked = check_options(config.name, dtype=options["dtype"], param_dtype=options["param_dtype"],
+                                channels_last=options["channels_last"], precision=options["precision"],
+                                lowering=options["lowering"])
         self.config = config
-        self.dtype = options["dtype"]
-        self.param_dtype = options["param_dtype"]
-        self.channels_last = options["channels_last"]
-        self.precision = options["precision"]
-        self.lowering = options["lowering"]
-        weight, bias = config.init(rngs.params(), self.param_dtype)
-        self.weight = nnx.Param(weight)
-        self.bias = nnx.Param(bias) if bias is not None else None
+        self.dtype = checked["dtype"]
+        self.param_dtype = checked["param_dtype"]
+        self.channels_last = checked["channels_last"]
+        self.precision = checked["precision"]
+        self.lowering = checked["lowering"]
+        self.kernel_init, self.bias_init = options["kernel_init"], options["bias_init"]
+        self.weight, self.bias = self._parameters(rngs, options["kernel_metadata"], options["bias_metadata"])
+
+    def _parameters(self, rngs: nnx.Rngs, kernel_metadata: Mapping[str, Any], bias_metadata: Mapping[str, Any]):
+        """Freshly drawn (weight, bias or None) Params, annotated by the initializers (nnx.with_partitioning) and
+        the metadata, as nnx.Conv's are."""
+        weight, bias = self.config.init(rngs.params(), self.param_dtype, self.kernel_init, self.bias_init)
+        return (nnx.Param(weight, **kernel_metadata), None if bias is None else nnx.Param(bias, **bias_metadata))
+
+    def reset_parameters(self, rngs: nnx.Rngs) -> None:
+        """Draw the parameters again, in place (annotations kept), with the module's initializers: PyTorch's
+        reset_parameters, with an nnx.Rngs."""
+        weight, bias = self._parameters(rngs, {}, {})
+        self.weight[...] = weight[...]
+        if bias is not None:
+            self.bias[...] = bias[...]
 
     def __call__(self, x, output_size=None):
         """The convolution of x (output_size: transposed modules only, as in PyTorch)."""
@@ -90,16 +111,23 @@ class _ConvBase(nnx.Module):
     __str__ = __repr__  # print(layer) as in PyTorch (NNX's own __str__ prints the whole tree)
 
 
+def _options(arguments: dict) -> dict:
+    """A constructor's jconv and Flax arguments (everything but PyTorch's), by name."""
+    return {k: arguments[k] for k in ("dtype", "param_dtype", "channels_last", "precision", "lowering", "kernel_init",
+                                      "bias_init", "kernel_metadata", "bias_metadata")}
+
+
 class _ConvNd(_ConvBase):
     ndim = 0
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, dtype=None,
                  param_dtype=jnp.float32, channels_last: bool = False, precision=None, lowering: str = "auto",
-                 rngs: nnx.Rngs):
+                 kernel_init=None, bias_init=None, kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+                 bias_metadata: Mapping[str, Any] = MappingProxyType({}), rngs: nnx.Rngs):
         config = make_config(type(self).__name__, self.ndim, False, in_channels, out_channels, kernel_size, stride,
                              padding, dilation, groups, bias, padding_mode)
-        self._setup(config, dtype, param_dtype, channels_last, precision, lowering, rngs)
+        self._setup(config, _options(locals()), rngs)
 
 
 class _ConvTransposeNd(_ConvBase):
@@ -108,10 +136,11 @@ class _ConvTransposeNd(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
                  groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", *, dtype=None,
                  param_dtype=jnp.float32, channels_last: bool = False, precision=None, lowering: str = "auto",
-                 rngs: nnx.Rngs):
+                 kernel_init=None, bias_init=None, kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+                 bias_metadata: Mapping[str, Any] = MappingProxyType({}), rngs: nnx.Rngs):
         config = make_config(type(self).__name__, self.ndim, True, in_channels, out_channels, kernel_size, stride,
                              padding, dilation, groups, bias, padding_mode, output_padding)
-        self._setup(config, dtype, param_dtype, channels_last, precision, lowering, rngs)
+        self._setup(config, _options(locals()), rngs)
 
 
 class Conv1d(_ConvNd):

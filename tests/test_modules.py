@@ -299,3 +299,88 @@ def test_linen_modules_tabulate():
     """Flax's Module.tabulate traces the module with interceptors; the config is built outside them (nn.nowrap)."""
     table = jl.ConvTranspose2d(3, 4, 3, stride=2).tabulate(jax.random.key(0), jnp.ones((1, 3, 5, 5), jnp.float32))
     assert "ConvTranspose2d" in table and "weight" in table and "112 " in table  # 3*4*3*3 + 4 parameters
+
+
+# --- initializers, reset_parameters, partition specs (as nnx.Conv / linen.Conv take them) -----------------------
+
+
+@pytest.mark.parametrize("name", ["Conv2d", "ConvTranspose1d"])
+def test_nnx_initializers_and_reset_parameters(name):
+    n = 2 if name == "Conv2d" else 1
+    kwargs = dict(in_channels=4, out_channels=6, kernel_size=3, groups=2)
+    default = getattr(jn, name)(**kwargs, rngs=nnx.Rngs(0))
+    seen = []
+
+    def kernel_init(key, shape, dtype):  # Flax's signature, called with PyTorch's weight shape
+        seen.append((tuple(shape), jnp.dtype(dtype)))
+        return jnp.full(shape, 0.5, dtype)
+
+    layer = getattr(jn, name)(**kwargs, kernel_init=kernel_init, bias_init=nnx.initializers.ones,
+                              param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    assert seen == [(layer.config.weight_shape, jnp.dtype(jnp.float64))]
+    np.testing.assert_array_equal(layer.weight[...], 0.5)
+    np.testing.assert_array_equal(layer.bias[...], 1.0)
+    # reset_parameters draws again in place; with the constructor's seed it gives the constructor's parameters.
+    weight = default.weight
+    first = np.asarray(default.weight[...])
+    default.reset_parameters(nnx.Rngs(1))
+    assert default.weight is weight and not np.array_equal(default.weight[...], first)
+    default.reset_parameters(nnx.Rngs(0))
+    np.testing.assert_array_equal(default.weight[...], first)
+    x = jnp.ones((1, 4) + (7,) * n)
+    assert layer(x).shape == default(x).shape
+
+
+def test_partition_specs_as_flax_layers_take_them():
+    import flax.linen as nn
+
+    spec = ("model", None, None, None)
+    with jax.set_mesh(jax.make_mesh((1,), ("model",))):
+        layer = jn.Conv2d(3, 8, 3, kernel_init=nnx.with_partitioning(
+            nnx.initializers.lecun_normal(in_axis=1, out_axis=0), spec), bias_metadata={"out_sharding": ("model",)},
+            rngs=nnx.Rngs(0))
+        specs = nnx.get_partition_spec(nnx.state(layer))
+        assert specs["weight"].get_value() == jax.sharding.PartitionSpec(*spec)
+        assert specs["bias"].get_value() == jax.sharding.PartitionSpec("model")
+        layer.reset_parameters(nnx.Rngs(1))  # annotations kept
+        assert nnx.get_partition_spec(nnx.state(layer))["weight"].get_value() == jax.sharding.PartitionSpec(*spec)
+    module = jl.Conv2d(3, 8, 3, kernel_init=nn.with_partitioning(nn.initializers.lecun_normal(in_axis=1, out_axis=0),
+                                                                  spec))
+    variables = module.init(jax.random.key(0), jnp.ones((1, 3, 8, 8)))
+    assert nn.get_partition_spec(variables)["params"]["weight"] == jax.sharding.PartitionSpec(*spec)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: jn.Conv2d(3, 8, 3, rngs=nnx.Rngs(0), **kw),
+    lambda **kw: jl.Conv2d(3, 8, 3, **kw),
+])
+def test_bad_initializers_fail_in_the_constructor(make):
+    with pytest.raises(TypeError, match="Conv2d: kernel_init must be None or an initializer"):
+        make(kernel_init="lecun_normal")
+    with pytest.raises(TypeError, match="Conv2d: bias_init must be None"):
+        make(bias_init=0.0)
+
+
+def test_linen_initializers():
+    module = jl.ConvTranspose2d(4, 6, 3, kernel_init=jax.nn.initializers.zeros, bias_init=jax.nn.initializers.ones)
+    params = module.init(jax.random.key(0), jnp.ones((1, 4, 5, 5)))["params"]
+    assert params["weight"].shape == (4, 6, 3, 3)
+    np.testing.assert_array_equal(params["weight"], 0.0)
+    np.testing.assert_array_equal(params["bias"], 1.0)
+
+
+def test_training_with_weights_sharded_over_output_channels_on_8_devices():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "sharded_training.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JCONV_DETERMINISTIC")}
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8
+    assert all(spec.startswith("P('model'") for spec in result["shardings"].values()), result["shardings"]
+    np.testing.assert_allclose(result["sharded"], result["plain"], rtol=1e-5)
+    assert result["plain"][-1] < result["plain"][0]
