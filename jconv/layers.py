@@ -258,8 +258,8 @@ TORCH_CLASSES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose
 
 
 def torch_module_arguments(module: Any) -> Tuple[str, dict]:
-    """(class name, constructor arguments) of a torch.nn conv module, read from its attributes; param_dtype too
-    where its weight is complex."""
+    """(class name, constructor arguments) of a torch.nn conv module, read from its attributes; param_dtype is its
+    weight's dtype (float64 and complex128 as JAX holds them: 32-bit without jax_enable_x64)."""
     cls = type(module).__name__
     if cls not in TORCH_CLASSES:
         raise TypeError(f"from_torch: expected one of torch.nn.{', '.join(TORCH_CLASSES)}, but got {cls}")
@@ -269,6 +269,6 @@ def torch_module_arguments(module: Any) -> Tuple[str, dict]:
                 bias=module.bias is not None, padding_mode=module.padding_mode)
     if cls.startswith("ConvTranspose"):
         args["output_padding"] = tuple(module.output_padding)
-    if module.weight.is_complex():  # a complex module keeps complex parameters (complex64, as float32 for real)
-        args["param_dtype"] = jnp.complex64
+    args["param_dtype"] = jax.dtypes.canonicalize_dtype(canonical_dtype(cls, "weight dtype", module.weight.dtype,
+                                                                        allow_none=False))
     return cls, args

@@ -384,3 +384,17 @@ def test_training_with_weights_sharded_over_output_channels_on_8_devices():
     assert all(spec.startswith("P('model'") for spec in result["shardings"].values()), result["shardings"]
     np.testing.assert_allclose(result["sharded"], result["plain"], rtol=1e-5)
     assert result["plain"][-1] < result["plain"][0]
+
+
+@pytest.mark.parametrize("torch_dtype,expected", [(torch.float16, jnp.float16), (torch.bfloat16, jnp.bfloat16),
+                                                  (torch.float64, jnp.float64), (torch.complex64, jnp.complex64)])
+def test_from_torch_keeps_the_modules_dtype(torch_dtype, expected):
+    module = torch.nn.ConvTranspose2d(3, 4, 3, dtype=torch_dtype)
+    layer = jn.from_torch(module)
+    linen_module, params = jl.from_torch(module)
+    assert layer.weight[...].dtype == expected and layer.bias[...].dtype == expected
+    assert params["weight"].dtype == expected and linen_module.param_dtype == expected
+    np.testing.assert_array_equal(np.asarray(layer.weight[...], np.complex128),
+                                  module.weight.detach().to(torch.complex128).numpy())
+    wide = jnp.complex128 if expected == jnp.complex64 else jnp.float64
+    assert jn.from_torch(module, param_dtype=wide).weight[...].dtype == wide  # the caller's choice wins
