@@ -295,10 +295,29 @@ def test_jit_grad_split_merge():
     assert g["weight"].shape == (4, 1, 3, 3) and g["bias"].shape == (4,)
 
 
-def test_linen_modules_tabulate():
+@pytest.mark.parametrize("name", ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                                  "ConvTranspose3d"])
+def test_linen_modules_tabulate(name):
     """Flax's Module.tabulate traces the module with interceptors; the config is built outside them (nn.nowrap)."""
-    table = jl.ConvTranspose2d(3, 4, 3, stride=2).tabulate(jax.random.key(0), jnp.ones((1, 3, 5, 5), jnp.float32))
-    assert "ConvTranspose2d" in table and "weight" in table and "112 " in table  # 3*4*3*3 + 4 parameters
+    n = int(name[-2])
+    table = getattr(jl, name)(3, 4, 3, stride=2).tabulate(jax.random.key(0), jnp.ones((1, 3) + (5,) * n))
+    count = 3 * 4 * 3 ** n + 4
+    assert name in table and "weight" in table and f"{count} " in table, table
+
+
+def test_linen_modules_tabulate_nested():
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = jl.Conv2d(3, 8, 3, padding=1, groups=1)(x)
+            return jl.ConvTranspose2d(8, 4, 2, stride=2)(nn.relu(x))
+
+    table = Block().tabulate(jax.random.key(0), jnp.ones((1, 3, 6, 6)))
+    assert "Conv2d_0" in table and "ConvTranspos" in table, table  # rich shortens long names in the table
+    assert f"{8 * 3 * 9 + 8} " in table and f"{8 * 4 * 4 + 4} " in table, table
+    assert f"Total Parameters: {8 * 3 * 9 + 8 + 8 * 4 * 4 + 4} " in table, table
 
 
 # --- initializers, reset_parameters, partition specs (as nnx.Conv / linen.Conv take them) -----------------------
