@@ -34,7 +34,7 @@ class _ConvBase(nnx.Module):
         for arg in ("kernel_metadata", "bias_metadata"):
             if not isinstance(options[arg], Mapping):
                 raise TypeError(f"{config.name}: {arg} must be a mapping (nnx.Param's metadata, e.g. "
-                                f"sharding_names), but got {type(options[arg]).__name__}")
+                                f"out_sharding), but got {type(options[arg]).__name__}")
         checked = check_options(config.name, dtype=options["dtype"], param_dtype=options["param_dtype"],
                                 channels_last=options["channels_last"], precision=options["precision"],
                                 lowering=options["lowering"])

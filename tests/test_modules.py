@@ -417,3 +417,8 @@ def test_from_torch_keeps_the_modules_dtype(torch_dtype, expected):
                                   module.weight.detach().to(torch.complex128).numpy())
     wide = jnp.complex128 if expected == jnp.complex64 else jnp.float64
     assert jn.from_torch(module, param_dtype=wide).weight[...].dtype == wide  # the caller's choice wins
+
+
+def test_bad_parameter_metadata_fails_in_the_constructor():
+    with pytest.raises(TypeError, match=r"Conv2d: kernel_metadata must be a mapping .*out_sharding.*tuple"):
+        jn.Conv2d(3, 8, 3, kernel_metadata=("model", None), rngs=nnx.Rngs(0))
