@@ -142,16 +142,14 @@ def lower_auto(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 lowerings.set_inner_lowering(lower_auto)
 
 
-def explain(fn, input, weight, bias=None, *args, platform: Optional[str] = None, **kwargs) -> Choice:
-    """What `fn(input, weight, bias, *args, **kwargs)` would run, without running it.
+def explain(fn, *args, platform: Optional[str] = None, **kwargs) -> Choice:
+    """What `fn(*args, **kwargs)` would run, without running it.
 
-    `fn` is a jconv function (e.g. jconv.conv2d, or jconv.conv_general_dilated with lax's arguments); arrays may be
-    jax.ShapeDtypeStruct. Print the result for a
-    one-line description of the convolution and the chosen lowering with the rule's reason.
+    `fn` is a jconv function, called with its own arguments (jconv.conv2d with PyTorch's, or
+    jconv.conv_general_dilated with lax's); arrays may be jax.ShapeDtypeStruct. Print the result for a one-line
+    description of the convolution and the chosen lowering with the rule's reason.
     """
     build_spec = getattr(fn, "build_spec", None)
     if build_spec is None:
         raise TypeError(f"explain: expected a jconv convolution function, but got {fn!r}")
-    # A bias left out is not passed on: jconv.conv_general_dilated's third argument is lax's window_strides.
-    spec = build_spec(input, weight, *((bias,) if bias is not None or args else ()), *args, **kwargs)
-    return select(spec, platform)
+    return select(build_spec(*args, **kwargs), platform)

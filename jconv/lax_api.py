@@ -23,6 +23,7 @@ from jax import lax
 from jconv import dispatch
 from jconv.functional import convolution
 from jconv.lowerings import xla
+from jconv.lowerings.common import conv_weight_as_transposed
 from jconv.spec import SUPPORTED_DTYPES, ConvSpec, check_lowering, make_spec
 
 OP = "conv_general_dilated"
@@ -141,13 +142,7 @@ def _plan(lhs_type: tuple, rhs_type: tuple, lax_arguments: tuple, lowering: str)
 def _torch_weight(plan: Plan, rhs: jax.Array) -> jax.Array:
     """lax's kernel in torch's layout: (O, I/g, *k), or for a transposed conv (I, O/g, *k) flipped."""
     w = jnp.transpose(rhs, plan.rhs_perm)
-    spec = plan.spec
-    if not spec.transposed:
-        return w
-    g = spec.groups
-    w = w.reshape(g, spec.out_per_group, spec.in_per_group, *spec.kernel_size).swapaxes(1, 2)
-    w = w.reshape(spec.in_channels, spec.out_per_group, *spec.kernel_size)
-    return jnp.flip(w, axis=tuple(range(2, spec.ndim + 2)))
+    return conv_weight_as_transposed(plan.spec, w) if plan.spec.transposed else w
 
 
 def _run(plan: Plan, lhs: jax.Array, rhs: jax.Array) -> jax.Array:

@@ -312,3 +312,15 @@ def test_operands_lax_cannot_read_raise_what_lax_raises():
     with pytest.raises(TypeError) as got:
         jconv.conv_general_dilated(lhs, rhs, (1, 1), "SAME")
     assert str(got.value) == str(expected.value)
+
+
+def test_kernel_regrouping_inverts_the_transposed_convs_own():
+    """lax_api's kernel for a transposed conv, taken back by the transposed lowerings' own map, is lax's kernel."""
+    from jconv.lowerings.common import conv_weight_as_transposed, transposed_weight_as_conv
+
+    spec = jconv.conv_transpose2d.build_spec(jax.ShapeDtypeStruct((1, 6, 5, 5), jnp.float64),
+                                             jax.ShapeDtypeStruct((6, 4, 3, 2), jnp.float64), None, groups=3)
+    (forward,) = random_arrays(7, np.float64, (12, 2, 3, 2))  # (C_out, C_in/g, *k)
+    weight = conv_weight_as_transposed(spec, forward)
+    assert weight.shape == (6, 4, 3, 2)
+    np.testing.assert_array_equal(transposed_weight_as_conv(spec, weight), forward)

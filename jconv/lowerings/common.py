@@ -35,6 +35,16 @@ def transposed_weight_as_conv(spec: ConvSpec, w: jax.Array) -> jax.Array:
     return jnp.flip(w, axis=tuple(range(2, 2 + spec.ndim)))
 
 
+def conv_weight_as_transposed(spec: ConvSpec, w: jax.Array) -> jax.Array:
+    """The inverse of transposed_weight_as_conv: a (C_out, C_in/g, *k) forward-conv weight -> the flipped
+    (C_in, C_out/g, *k) weight of the transposed conv that `spec` describes."""
+    g = spec.groups
+    k = spec.kernel_size
+    w = w.reshape(g, spec.out_per_group, spec.in_channels // g, *k)
+    w = jnp.swapaxes(w, 1, 2).reshape(spec.in_channels, spec.out_per_group, *k)
+    return jnp.flip(w, axis=tuple(range(2, 2 + spec.ndim)))
+
+
 def transposed_as_conv_padding(spec: ConvSpec) -> tuple:
     """Pads of the equivalent forward conv over the zero-stuffed input; may be negative (then they crop)."""
     return tuple(
