@@ -99,3 +99,18 @@ def test_triton_lowering_on_gpu():
     y = jconv.conv2d(x, w, groups=64, padding=3, lowering="pallas")
     ref = jconv.conv2d(x, w, groups=64, padding=3, lowering="xla", precision="highest")
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "hessian"])
+def test_forward_mode_names_the_lowering_and_the_remedy(transform):
+    """The kernels sit behind a custom_vjp: forward mode raises jconv's own error (JAX's says only 'custom_vjp',
+    or nothing at all under hessian), while reverse mode through the same call still works."""
+    x, w = rand(1, 4, 4, 4), rand(4, 1, 3, 3, seed=1)
+    f = lambda x: jconv.conv2d(x, w, padding=1, groups=4, lowering="pallas").sum()  # noqa: E731
+    run = {"jvp": lambda: jax.jvp(f, (x,), (x,)), "jacfwd": lambda: jax.jacfwd(f)(x),
+           "hessian": lambda: jax.hessian(f)(x)}[transform]
+    with pytest.raises(ValueError, match=r"^conv2d: lowering='pallas' has reverse-mode gradients only .*"
+                                         r"lowering='auto'"):
+        run()
+    ref = jax.grad(lambda x: jconv.conv2d(x, w, padding=1, groups=4, lowering="xla").sum())(x)
+    np.testing.assert_allclose(jax.grad(f)(x), ref, rtol=1e-5, atol=1e-5)

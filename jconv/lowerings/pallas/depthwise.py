@@ -15,7 +15,7 @@ Design (channels-last tiles; 1-D convs run as 2-D with height 1):
 
 On CPU the kernels run in interpret mode (for tests); auto never picks them there. They have not been run on a
 GPU yet (none was available): benchmarks/pallas_depthwise_gpu.py is the one command that checks and times them.
-Forward-mode autodiff (jvp) is not available through pallas_call; use another lowering for it.
+Forward-mode autodiff (jvp) is not available through the custom_vjp; the error names another lowering.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax._src import core as jax_core  # the trace stack, read only to word forward mode's error
 from jax.experimental import pallas as pl
+from jax.interpreters import ad
 
 from jconv.lowerings import xla
 from jconv.lowerings.common import input_grad_dilation, output_dtype, with_exact_fallback
@@ -284,7 +286,31 @@ def _depthwise_bwd(spec, residuals, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def _under_forward_mode() -> bool:
+    """Whether a jvp (jax.jvp, jacfwd, hessian) is tracing this call; no public API says so."""
+    trace = jax_core.trace_ctx.trace
+    while trace is not None:
+        if isinstance(trace, ad.JVPTrace):
+            return True
+        trace = getattr(trace, "parent_trace", None)
+    return False
+
+
+def _depthwise_reverse_mode_only(spec: ConvSpec, x, w):
+    try:
+        return _depthwise(spec, x, w)
+    except (TypeError, AssertionError) as e:
+        # JAX says only "custom_vjp" (jvp) or nothing at all (hessian): name the lowering and the remedy.
+        if not _under_forward_mode():
+            raise
+        raise ValueError(
+            f"{spec.op}: lowering='pallas' has reverse-mode gradients only (jax.grad, jax.vjp); forward-mode "
+            "autodiff (jax.jvp, jax.jacfwd, jax.hessian) does not go through its kernels. Use another lowering "
+            "for it, e.g. lowering='auto' or lowering='xla'."
+        ) from e
+
+
 # The kernels multiply weights and inputs by the zeros that pad their tiles: a NaN or inf operand would meet them
 # (docs/semantics.md, "Non-finite values"). Then lax runs instead.
-lower = with_exact_fallback(_depthwise, xla.lower)
+lower = with_exact_fallback(_depthwise_reverse_mode_only, xla.lower)
 
