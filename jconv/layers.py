@@ -218,40 +218,49 @@ def check_initializers(name: str, **initializers) -> None:
 
 def check_state_dict(name: str, mapping: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]],
                      strict: bool, param_dtype: Any) -> dict:
-    """Keys and shapes as torch's load_state_dict checks them; returns {key: np.ndarray} for known keys.
-
-    A complex array for real parameters is refused: the cast would drop its imaginary part (torch only warns)."""
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, but got "
-                        f"{type(mapping).__name__}")
+    """Keys and shapes as torch's load_state_dict checks them; returns {key: np.ndarray} for known keys."""
+    check_mapping(name, mapping)
     missing = [k for k in expected if k not in mapping]
     unexpected = [k for k in mapping if k not in expected]
     if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
-        if unexpected:
-            parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
-        raise KeyError(f"Error(s) in loading state_dict for {name}: " + " ".join(parts))
-    arrays = {}
-    for key, shape in expected.items():
-        if key not in mapping:
-            continue
-        array = to_numpy(mapping[key])
-        if not is_numeric(array):
-            raise TypeError(f"Error(s) in loading state_dict for {name}: {key} must be a numeric array or tensor, but "
-                            f"got {type(mapping[key]).__name__} (dtype {array.dtype})")
-        if tuple(array.shape) != tuple(shape):
-            raise ValueError(
-                f"Error(s) in loading state_dict for {name}: size mismatch for {key}: copying a param with shape "
-                f"{tuple(array.shape)} from checkpoint, the shape in current model is {tuple(shape)}.")
-        if np.iscomplexobj(array) and not jnp.issubdtype(param_dtype, jnp.complexfloating):
-            raise TypeError(
-                f"{name}.load_state_dict: {key} is {array.dtype.name}, but the module's param_dtype is "
-                f"{jnp.dtype(param_dtype).name}, which would drop its imaginary part; build the module with a complex "
-                f"param_dtype (e.g. param_dtype=jnp.complex64)")
-        arrays[key] = array
-    return arrays
+        raise KeyError(incompatible_keys_message(name, missing, unexpected))
+    return {key: checked_array(name, key, mapping[key], shape, param_dtype)
+            for key, shape in expected.items() if key in mapping}
+
+
+def check_mapping(name: str, mapping: Any) -> None:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, but got "
+                        f"{type(mapping).__name__}")
+
+
+def incompatible_keys_message(name: str, missing, unexpected) -> str:
+    """torch's wording for a strict load's missing and unexpected keys."""
+    parts = []
+    if missing:
+        parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+    if unexpected:
+        parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+    return f"Error(s) in loading state_dict for {name}: " + " ".join(parts)
+
+
+def checked_array(name: str, key: str, value: Any, shape: Tuple[int, ...], param_dtype: Any) -> np.ndarray:
+    """`value` for parameter `key` as a NumPy array, refused unless numeric, of `shape`, and castable to
+    param_dtype without dropping an imaginary part (torch only warns)."""
+    array = to_numpy(value)
+    if not is_numeric(array):
+        raise TypeError(f"Error(s) in loading state_dict for {name}: {key} must be a numeric array or tensor, but "
+                        f"got {type(value).__name__} (dtype {array.dtype})")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"Error(s) in loading state_dict for {name}: size mismatch for {key}: copying a param with shape "
+            f"{tuple(array.shape)} from checkpoint, the shape in current model is {tuple(shape)}.")
+    if np.iscomplexobj(array) and not jnp.issubdtype(param_dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name}.load_state_dict: {key} is {array.dtype.name}, but the module's param_dtype is "
+            f"{jnp.dtype(param_dtype).name}, which would drop its imaginary part; build the module with a complex "
+            f"param_dtype (e.g. param_dtype=jnp.complex64)")
+    return array
 
 
 TORCH_CLASSES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")

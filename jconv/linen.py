@@ -4,6 +4,7 @@
     params = layer.init(key, x)["params"]          # {"weight": (16, 3, 3, 3), "bias": (16,)}
     y = layer.apply({"params": params}, x)
     params = jconv.linen.params_from_state_dict(layer, torch_layer.state_dict())
+    variables, _ = jconv.linen.load_state_dict(model_variables, torch_model.state_dict())   # a whole model
 
 Same parameter names, shapes and initialisation as PyTorch; the maths is jconv.functional, shared with jconv.nn,
 so both give bit-identical outputs for the same parameters.
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import linen
 
+from jconv import porting
 from jconv.layers import (
     LayerConfig, check_initializers, check_options, check_state_dict, make_config, torch_module_arguments)
 
@@ -127,15 +129,14 @@ def params_from_state_dict(module: _ConvBase, state_dict: Mapping[str, Any], str
     return {k: jnp.asarray(v, module.param_dtype) for k, v in arrays.items()}
 
 
-def state_dict(params: Mapping[str, Any]) -> dict:
-    """A module's params as a PyTorch-keyed {name: np.ndarray}."""
-    import numpy as np
-
-    return {k: np.asarray(v) for k, v in params.items()}
-
-
 def from_torch(module: Any, **options):
     """(jconv.linen module, params) equivalent to a torch.nn conv module."""
     name, args = torch_module_arguments(module)
     layer = _CLASSES[name](**{**args, **options})  # the caller's options override (param_dtype)
     return layer, params_from_state_dict(layer, module.state_dict())
+
+
+# Whole variable trees (jconv.porting): a torch model's state_dict into Linen variables named like it, and back.
+load_state_dict = porting.linen_load_state_dict
+state_dict = porting.linen_state_dict
+IncompatibleKeys = porting.IncompatibleKeys

@@ -4,6 +4,7 @@
     y = layer(x)                                   # (N, 3, H, W) -> (N, 16, H', W')
     layer.load_state_dict(torch_layer.state_dict())
     layer = jconv.nn.from_torch(torch_layer)       # the same, building the module too
+    jconv.nn.load_state_dict(model, torch_model.state_dict())   # a whole model: NNX tree named like torch's
 
 Parameters are `weight` and `bias` (nnx.Param) with PyTorch's shapes and initialisation; `bias=False` means no
 bias parameter. `dtype` is the compute dtype (None: promote input and parameters), `param_dtype` the storage.
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jconv import porting
 from jconv.layers import (
     LayerConfig, check_initializers, check_options, check_state_dict, make_config, torch_module_arguments)
 
@@ -174,3 +176,9 @@ def from_torch(module: Any, **options) -> _ConvBase:
     """The jconv.nn equivalent of any torch.nn conv module (Conv1d ... ConvTranspose3d), parameters loaded."""
     name, _ = torch_module_arguments(module)
     return _CLASSES[name].from_torch(module, **options)
+
+
+# Whole models (jconv.porting): a torch model's state_dict into an NNX tree named like it, and back.
+load_state_dict = porting.load_state_dict
+state_dict = porting.state_dict
+IncompatibleKeys = porting.IncompatibleKeys

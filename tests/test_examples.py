@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,3 +50,15 @@ def test_flax_drop_in_trains_like_lax():
     assert float(re.search(r"largest relative loss difference: (\S+)", out).group(1)) < 1e-4, out
     curves = re.findall(r"loss ([\d. ]+) \|", out)
     assert len(curves) == 2 and all(float(c.split()[-1]) < float(c.split()[0]) for c in curves), out
+
+
+def test_port_resnet_matches_torch_and_trains():
+    """Small images keep it quick; the architectures, keys and layers are the full ones."""
+    out = run("examples/port_resnet.py", "--batch", "2", "--size", "32", "--classes", "10", "--repeats", "1")
+    for name, keys in (("ResNet-18", 122), ("MobileNetV2", 314)):
+        assert re.search(rf"{name}: {keys} torch keys loaded \(IncompatibleKeys\(missing_keys=\[\], "
+                         r"unexpected_keys=\[\]\)\)", out), out
+        rel = float(re.search(rf"{name}: .*max relative error (\S+)", out).group(1))
+        assert rel <= 1e-4, out
+        first, second = map(float, re.search(rf"{name}: jitted training step, loss (\S+) -> (\S+)", out).groups())
+        assert np.isfinite(first) and second < first, out
