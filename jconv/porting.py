@@ -129,7 +129,7 @@ def _nnx_entries(node, prefix: str = "", ancestors: Tuple[int, ...] = ()) -> Ite
     for name, child in _children(node):
         if isinstance(child, (nnx.Param, nnx.BatchStat)):
             yield _entry(prefix, child[...], _rule(node, name), child)
-        elif isinstance(child, (nnx.Pytree, list, tuple, dict)) and id(child) not in ancestors:
+        elif isinstance(child, (nnx.Pytree, list, tuple, dict)) and id(child) not in ancestors + (id(node),):
             yield from _nnx_entries(child, f"{prefix}{name}.", ancestors + (id(node),))
 
 
@@ -157,7 +157,7 @@ def load_state_dict(module, state_dict: Mapping[str, Any], *, strict: bool = Tru
     converted, incompatible = _check_and_convert(type(module).__name__, state_dict, entries, strict)
     for e in entries:
         if e.key in converted:
-            e.target[...] = converted[e.key]
+            e.target[...] = converted[e.key]  # an in-place update: the variable keeps its sharding
     return incompatible
 
 

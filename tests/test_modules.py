@@ -400,7 +400,8 @@ def test_training_with_weights_sharded_over_output_channels_on_8_devices():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8
-    assert all(spec.startswith("P('model'") for spec in result["shardings"].values()), result["shardings"]
+    for when in ("loaded", "trained"):  # loaded: jconv.nn.load_state_dict keeps each parameter's sharding
+        assert all(spec.startswith("P('model'") for spec in result["shardings"][when].values()), result
     np.testing.assert_allclose(result["sharded"], result["plain"], rtol=1e-5)
     assert result["plain"][-1] < result["plain"][0]
 

@@ -1,5 +1,6 @@
 """Train a small jconv.nn conv net twice on 8 forced CPU devices: once with every conv weight and bias sharded over
-its output channels (kernel_metadata / bias_metadata, as nnx.Conv takes them), once unsharded. Prints one JSON line:
+its output channels (kernel_metadata / bias_metadata, as nnx.Conv takes them, and then loaded from the unsharded
+model's state_dict, which keeps the shardings), once unsharded. Prints one JSON line:
 both loss curves and the shardings the parameters had. Used by tests/test_modules.py (the device count is fixed
 when the backend starts, so this runs in its own process)."""
 
@@ -34,7 +35,12 @@ class Net(nnx.Module):
 
 
 def losses(sharded: bool, x, y, steps: int = 4):
-    model = Net(sharded, nnx.Rngs(0))
+    if sharded:  # other initial values, replaced by the plain model's through a whole-model state_dict
+        model = Net(True, nnx.Rngs(0))
+        jn.load_state_dict(model, jn.state_dict(Net(False, nnx.Rngs(1))))
+    else:
+        model = Net(False, nnx.Rngs(1))
+    loaded = _shardings(model)
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
 
     @nnx.jit
@@ -45,9 +51,11 @@ def losses(sharded: bool, x, y, steps: int = 4):
         return loss
 
     curve = [float(step(model, optimizer, x, y)) for _ in range(steps)]
-    shardings = {name: str(getattr(model, name).weight[...].sharding.spec) for name in ("stem", "depthwise",
-                                                                                       "pointwise")}
-    return curve, shardings
+    return curve, {"loaded": loaded, "trained": _shardings(model)}
+
+
+def _shardings(model):
+    return {name: str(getattr(model, name).weight[...].sharding.spec) for name in ("stem", "depthwise", "pointwise")}
 
 
 def main():
