@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -391,3 +392,38 @@ def test_numpy_reference_agrees_with_torch(case):
     x, w, b = case.arrays()
     ref = (numpy_conv_transpose if case.transposed else numpy_conv)(case, x, w, b)
     np.testing.assert_allclose(torch_forward_and_grads(case, x, w, b, np.zeros(1))[0], ref, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=30)
+@given(st.data())
+def test_output_size_in_every_form_matches_torch(data):
+    """output_size as spatial sizes or as the full output shape, batched or unbatched, anywhere in its valid range,
+    with padding: the output torch's ConvTranspose module gives for it."""
+    n = data.draw(st.integers(1, 2), label="n")
+    stride = data.draw(st.tuples(*[st.integers(1, 3)] * n), label="stride")
+    padding = data.draw(st.tuples(*[st.integers(0, 2)] * n), label="padding")
+    dilation = data.draw(st.tuples(*[st.integers(1, 2)] * n), label="dilation")
+    kernel = data.draw(st.tuples(*[st.integers(1, 4)] * n), label="kernel")
+    spatial = data.draw(st.tuples(*[st.integers(2, 5)] * n), label="spatial")
+    lo = [(i - 1) * s - 2 * p + d * (k - 1) + 1 for i, s, p, d, k in zip(spatial, stride, padding, dilation, kernel)]
+    assume(min(lo) >= 1)
+    sizes = tuple(data.draw(st.integers(m, m + s - 1)) for m, s in zip(lo, stride))
+    batched = data.draw(st.booleans(), label="batched")
+    full = data.draw(st.booleans(), label="full shape")
+    leading = ((2,) if batched else ()) + (3,)
+    x = np.random.default_rng(0).standard_normal(leading + spatial)
+    module = getattr(torch.nn, f"ConvTranspose{n}d")(3, 4, kernel, stride, padding, dilation=dilation,
+                                                      dtype=torch.float64)
+    output_size = (leading[:-1] + (4,) + sizes) if full else sizes
+    expected = module(torch.from_numpy(x), output_size=list(output_size)).detach().numpy()
+    fn = getattr(jconv, f"conv_transpose{n}d")
+    w, b = (jnp.asarray(p.detach().numpy()) for p in (module.weight, module.bias))
+    got = fn(jnp.asarray(x), w, b, stride, padding, dilation=dilation, output_size=output_size)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_output_size_element_names_the_op():
+    with pytest.raises(TypeError, match=r"^conv_transpose1d: output_size must be an int or a tuple of ints, but got "
+                                        r"11\.5"):
+        jconv.conv_transpose1d(jnp.ones((1, 2, 5)), jnp.ones((2, 3, 3)), stride=2, output_size=(11.5,))
