@@ -85,6 +85,11 @@ REGRESSIONS = [
     ("grouped", _conv(in_channels=8, out_channels=8, kernel=(3, 3), groups=4, padding=1), "weight", np.inf, (0, 0, 1, 1)),
     # taps: the weight gradient multiplied the last input position (never read by tap (0, 0)) by zero padding.
     ("taps", _conv(in_channels=3, out_channels=3, kernel=(3, 3), groups=3, padding=1), "input", np.nan, (1, 2, 6, 5)),
+    # taps, the weight gradient from the padded output gradient (a batch of 8: one row block), dilated: where a tap
+    # first reads (tap * dilation - padding) sets which positions it masks; scaled wrongly, the NaN at (1, 1),
+    # which tap (2, 2) never reads, met the output gradient's padding (found by mutation testing).
+    ("taps", _conv(batch=8, in_channels=3, out_channels=3, kernel=(3, 3), groups=3, dilation=(2, 2)), "input",
+     np.nan, (0, 1, 1, 1)),
     # taps: the input gradient multiplied an inf weight by the dilated output gradient's padding.
     ("taps", _conv(in_channels=3, out_channels=6, kernel=(3, 3), groups=3, padding=1), "weight", np.inf, (4, 0, 2, 2)),
     # phase: a sub-convolution padded its window, and the NaN weight met the padding (found by the hypothesis test).

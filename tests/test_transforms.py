@@ -426,3 +426,37 @@ def test_float32_grid_against_torch():
         got = jconv_forward_and_grads(case, "auto", x, w, b, cot, dtype=jnp.float32)
         for e, g in zip(expected, got):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+# Per lowering, calls it accepts (function, input shape, weight shape, kwargs); matmul's two channels-first forms
+# (per sample for many positions, one matmul for few positions and many channels) each once.
+WIDENING_CASES = [
+    (jconv.conv2d, (2, 6, 9, 8), (4, 6, 3, 3), dict(padding=1)),
+    (jconv.conv2d, (2, 6, 9, 8), (12, 1, 3, 3), dict(padding=1, groups=6)),
+    (jconv.conv2d, (2, 6, 9, 8), (4, 3, 3, 3), dict(padding=1, groups=2, dilation=2)),
+    (jconv.conv2d, (2, 6, 50, 40), (4, 6, 1, 1), {}),
+    (jconv.conv2d, (16, 128, 8, 8), (128, 128, 1, 1), {}),
+    (jconv.conv3d, (1, 4, 5, 6, 7), (4, 4, 3, 3, 3), dict(padding=1)),
+    (jconv.conv_transpose2d, (2, 6, 5, 4), (6, 4, 4, 4), dict(stride=2, padding=1)),
+]
+
+
+@pytest.mark.parametrize("lowering", ("auto",) + jconv.LOWERING_NAMES)
+def test_a_wider_preferred_element_type_accumulates_in_it(lowering):
+    """bfloat16 operands, preferred_element_type=float32: products of bfloat16 values are exact in float32, so the
+    float32 sums match float64's to float32 rounding; a lowering that dropped the argument would round the output
+    to bfloat16 (about 3 decimal digits)."""
+    ran = 0
+    for fn, xs, ws, kw in WIDENING_CASES:
+        spec = fn.build_spec(jax.ShapeDtypeStruct(xs, jnp.bfloat16), jax.ShapeDtypeStruct(ws, jnp.bfloat16),
+                             lowering=lowering, **kw)
+        if lowering != "auto" and jconv.dispatch.LOWERINGS[lowering].refusal(spec) is not None:
+            continue
+        rng = np.random.default_rng(0)
+        x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (xs, ws))
+        y = fn(x, w, lowering=lowering, preferred_element_type=jnp.float32, **kw)
+        ref = fn(x.astype(jnp.float64), w.astype(jnp.float64), lowering="xla", **kw)
+        assert y.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=2e-5, atol=2e-5)
+        ran += 1
+    assert ran > 0

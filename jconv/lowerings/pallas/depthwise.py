@@ -80,9 +80,9 @@ def _rows(kh: int, kw: int, body, carry):
     return jax.lax.fori_loop(0, kh, body, carry)
 
 
-def _acc_dtype(ref):
-    """float32 accumulation for half types; float64 inputs keep float64."""
-    return jnp.promote_types(ref.dtype, jnp.float32)
+def _acc_dtype(*refs):
+    """float32 accumulation for half types; float64 (an input's, or a wider output's) keeps float64."""
+    return functools.reduce(jnp.promote_types, [r.dtype for r in refs], jnp.dtype(jnp.float32))
 
 
 def _forward_kernel(x_ref, w_ref, o_ref, *, kh: int, kw: int, dh: int, dw: int, block_h: int, block_w: int):
@@ -94,7 +94,7 @@ def _forward_kernel(x_ref, w_ref, o_ref, *, kh: int, kw: int, dh: int, dw: int, 
             acc += tile.astype(acc.dtype) * w_ref[i, j, :].astype(acc.dtype)
         return acc
 
-    acc = _rows(kh, kw, row, jnp.zeros((block_h, block_w, o_ref.shape[-1]), _acc_dtype(x_ref)))
+    acc = _rows(kh, kw, row, jnp.zeros((block_h, block_w, o_ref.shape[-1]), _acc_dtype(x_ref, o_ref)))
     o_ref[0] = acc.astype(o_ref.dtype)
 
 
@@ -135,10 +135,11 @@ def _pad_to(a, shape):
     return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape)])
 
 
-def depthwise_stride1(x, w, dilation, blocks: BlockSizes = BlockSizes()):
+def depthwise_stride1(x, w, dilation, blocks: BlockSizes = BlockSizes(), *, out_dtype=None):
     """y[n, h, w, c] = sum_ij x[n, h + i*dh, w + j*dw, c] * w[i, j, c] over an already padded NHWC input.
 
-    x: (N, H, W, C); w: (KH, KW, C). Output (N, H - dh*(KH-1), W - dw*(KW-1), C) in x's dtype.
+    x: (N, H, W, C); w: (KH, KW, C). Output (N, H - dh*(KH-1), W - dw*(KW-1), C) in out_dtype (default x's),
+    accumulated in at least float32 and at least out_dtype.
     """
     n, h, wd, c = x.shape
     kh, kw = w.shape[:2]
@@ -150,7 +151,7 @@ def depthwise_stride1(x, w, dilation, blocks: BlockSizes = BlockSizes()):
                                block_w=bw)
     y = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((n, h_tiles * bh, bw, c_pad), x.dtype),
+        out_shape=jax.ShapeDtypeStruct((n, h_tiles * bh, bw, c_pad), out_dtype or x.dtype),
         grid=(n, c_pad // bc, h_tiles),
         in_specs=[pl.BlockSpec((1, h_in, w_in, bc), lambda b, ci, hi: (b, 0, 0, ci)),
                   pl.BlockSpec((wp.shape[0], wp.shape[1], bc), lambda b, ci, hi: (0, 0, ci))],
@@ -236,7 +237,7 @@ def _forward(spec: ConvSpec, x, w):
     kernel, stride, dilation, pads = _geometry(spec)
     xh = _expand(spec, _to_nhwc(spec, x))
     xh = jnp.pad(xh, [(0, 0), *pads, (0, 0)])
-    y = depthwise_stride1(xh, _weights_hwc(spec, w), dilation)
+    y = depthwise_stride1(xh, _weights_hwc(spec, w), dilation, out_dtype=output_dtype(spec))
     out = spec.out_spatial if spec.ndim == 2 else (1, *spec.out_spatial)
     y = y[:, ::stride[0], ::stride[1]][:, :out[0], :out[1]]
     return _from_nhwc(spec, y.astype(output_dtype(spec)))
