@@ -90,6 +90,11 @@ REGRESSIONS = [
     # which tap (2, 2) never reads, met the output gradient's padding (found by mutation testing).
     ("taps", _conv(batch=8, in_channels=3, out_channels=3, kernel=(3, 3), groups=3, dilation=(2, 2)), "input",
      np.nan, (0, 1, 1, 1)),
+    # taps, the banded weight gradient (3x29 kernel; 40 outputs in tiles of 29): the last tile's positions past the
+    # output must stay out of the products, or the NaN in the last column meets the output gradient's zeros
+    # (mutation testing: `< o` -> `<= o` survived).
+    ("taps", _conv(batch=1, in_channels=2, out_channels=2, groups=2, kernel=(3, 29), spatial=(5, 40),
+                   padding=(1, 14)), "input", np.nan, (0, 0, 2, 39)),
     # taps: the input gradient multiplied an inf weight by the dilated output gradient's padding.
     ("taps", _conv(in_channels=3, out_channels=6, kernel=(3, 3), groups=3, padding=1), "weight", np.inf, (4, 0, 2, 2)),
     # phase: a sub-convolution padded its window, and the NaN weight met the padding (found by the hypothesis test).

@@ -208,6 +208,10 @@ def test_taps_weight_gradient_from_the_padded_output_gradient(case):
          stride=(1, 2), padding=(1, 13), dilation=(2, 3), groups=2, channels_last=True),
     Case(n=3, transposed=False, batch=2, in_channels=2, out_channels=2, spatial=(3, 4, 70), kernel=(2, 2, 28),
          padding=(0, 1, 27), dilation=(1, 1, 2), groups=2),
+    # A stride along the leading axis: the input rows each leading tap reads are strided (mutation testing found
+    # that dropping those strides changed nothing the other cases could see).
+    Case(n=2, transposed=False, batch=2, in_channels=2, out_channels=2, spatial=(7, 60), kernel=(3, 29),
+         stride=(2, 1), padding=(1, 28), dilation=(1, 2), groups=2),
 ], ids=_case_id)
 def test_taps_banded_weight_gradient_with_dilation_along_the_row(case):
     """The banded weight gradient (kernel rows of BANDED_MIN_ROW or more taps) with the row's own dilation and

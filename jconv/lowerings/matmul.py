@@ -13,7 +13,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jconv.lowerings.common import output_dtype, sharding_refusal, tap_slice, transposed_refusal, zero_pad
+from jconv.lowerings.common import (
+    accumulation_dtype, output_dtype, sharding_refusal, tap_slice, transposed_refusal, zero_pad)
 from jconv.spec import ConvSpec
 
 NAME = "matmul"
@@ -60,15 +61,21 @@ def _batch_sharding(x: jax.Array):
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     xs = tap_slice(spec, zero_pad(spec, x), (0,) * spec.ndim)  # the stride, as a strided slice
     w2 = w.reshape(spec.out_channels, spec.in_channels)
-    dot = dict(precision=spec.precision, preferred_element_type=spec.preferred_element_type)
+    # Half types are summed in float32, as XLA's convolutions and torch's matmuls do (the transposed products of
+    # the gradients too); the output is cast back below.
+    dot = dict(precision=spec.precision,
+               preferred_element_type=jnp.promote_types(output_dtype(spec), accumulation_dtype(spec)))
     if spec.channels_last:
         y = jnp.einsum("...c,oc->...o", xs, w2, **dot)
     else:
         batch, spatial = xs.shape[0], xs.shape[2:]
         x3 = xs.reshape(batch, spec.in_channels, math.prod(spatial))
         if per_sample(spec):
-            w3 = jnp.broadcast_to(w2, (batch, *w2.shape), out_sharding=_batch_sharding(x3))
-            y = jax.lax.dot_general(w3, x3, (((2,), (1,)), ((0,), (0,))), **dot)
+            # The weight gradient sums the per-sample products over the batch (the broadcast's transpose), in
+            # the dtype they come out in: for half types, float32 operands keep that sum in float32.
+            acc = accumulation_dtype(spec)
+            w3 = jnp.broadcast_to(w2.astype(acc), (batch, *w2.shape), out_sharding=_batch_sharding(x3))
+            y = jax.lax.dot_general(w3, x3.astype(acc), (((2,), (1,)), ((0,), (0,))), **dot)
         else:
             # (C_out, C_in) @ (N, C_in, positions): the product comes out (C_out, N, positions), and XLA:CPU moves
             # it to (N, C_out, positions) in one copy. The einsum "nc...,oc->no..." made it (N, positions,
