@@ -8,6 +8,7 @@ is in docs/lowerings.md. A user's explicit `lowering="<name>"` skips the table b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Callable, Optional
@@ -17,6 +18,7 @@ import jax
 from jconv.determinism import are_deterministic_algorithms_enabled, is_deterministic_algorithms_warn_only_enabled
 from jconv import lowerings
 from jconv.lowerings import dilated, grouped, im2col, matmul, phase, planes, taps, xla
+from jconv.lowerings.common import target_platform
 from jconv.lowerings.pallas import depthwise as pallas_depthwise
 from jconv.spec import ConvSpec
 
@@ -102,13 +104,16 @@ class Choice:
         return f"{self.spec.describe()}\n  -> lowering={self.lowering!r} on {self.platform}: {self.reason}"
 
 
-def current_platform() -> str:
-    return jax.default_backend()
+# Dispatch's platform names (RULES, explain) and jax.lax.platform_dependent's for each.
+PLATFORMS = {"cpu": ("cpu",), "gpu": ("cuda", "rocm"), "tpu": ("tpu",)}
+_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+
+
 
 
 def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Optional[bool] = None) -> Choice:
-    """The lowering for `spec` on `platform` (default: JAX's default backend)."""
-    platform = platform or current_platform()
+    """The lowering for `spec` on `platform` (default: the platform the spec is lowered for)."""
+    platform = _ALIASES.get(platform, platform) or target_platform(spec)
     if deterministic is None:
         deterministic = are_deterministic_algorithms_enabled()
     if spec.lowering != "auto":
@@ -135,8 +140,41 @@ def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Option
 
 
 def lower_auto(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    """Lower `spec` with the lowering auto picks (the inner convs of phase, dilated and planes)."""
+    """Lower `spec` with the lowering auto picks for the platform being lowered for (the inner convs of phase,
+    dilated and planes)."""
     return LOWERINGS[select(spec).lowering].lower(spec, x, w)
+
+
+# Lowerings whose traced code reads no platform (array code only): one trace serves every platform.
+_SAME_ON_EVERY_PLATFORM = frozenset({"taps", "matmul", "im2col"})
+
+
+def _branch(spec: ConvSpec, platform: str, deterministic: Optional[bool]) -> tuple:
+    """(lowering, the platform its trace depends on or None): equal branches are traced once."""
+    # An explicit lowering was checked once by the caller (select raises or warns for it).
+    name = spec.lowering if spec.lowering != "auto" else select(spec, platform, deterministic).lowering
+    if name in _SAME_ON_EVERY_PLATFORM or (
+            name == xla.NAME and all(pads == (0, 0) for pads in xla.padded_beforehand(spec, "cpu"))):
+        return (name, None)
+    return (name, platform)
+
+
+def _lower_branch(branch: tuple, spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
+    name, platform = branch
+    return LOWERINGS[name].lower(spec if platform is None else dataclasses.replace(spec, platform=platform), x, w)
+
+
+def lower(spec: ConvSpec, x: jax.Array, w: jax.Array, deterministic: Optional[bool] = None) -> jax.Array:
+    """The convolution lowered for whichever platform it is compiled for, not the one tracing it (exporting for
+    a GPU from a CPU host, or arrays on a non-default device): each platform's choice is one branch of
+    jax.lax.platform_dependent, which compiles only the branch of the platform at hand, with no conditional left."""
+    branches = {p: _branch(spec, p, deterministic) for p in PLATFORMS}
+    if len(set(branches.values())) == 1:
+        return _lower_branch(branches["cpu"], spec, x, w)
+    functions = {b: functools.partial(_lower_branch, b, spec) for b in set(branches.values())}
+    per_platform = {name: functions[branches[p]] for p in ("cpu", "gpu") for name in PLATFORMS[p]}
+    # Any other platform (TPU among them) gets the rules of a platform nothing was measured on.
+    return jax.lax.platform_dependent(x, w, default=functions[branches["tpu"]], **per_platform)
 
 
 lowerings.set_inner_lowering(lower_auto)

@@ -16,6 +16,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from jconv import dispatch
 from jconv.arrays import as_jax
+from jconv.determinism import are_deterministic_algorithms_enabled
 from jconv.lowerings.common import channel_axis
 from jconv.padding import apply_padding_mode
 from jconv.spec import ConvSpec, IntOrTuple, make_spec
@@ -57,12 +58,14 @@ def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **
     )
 
 
-def _apply_lowering(spec: ConvSpec, lowering: str, x: jax.Array, w: jax.Array, b: Optional[jax.Array]) -> jax.Array:
-    """Mode padding, the lowering, the bias: array code only, every decision made from the static spec."""
+def _apply_lowering(spec: ConvSpec, deterministic: bool, x: jax.Array, w: jax.Array,
+                    b: Optional[jax.Array]) -> jax.Array:
+    """Mode padding, the lowering, the bias: array code only, every decision made from the static spec (and
+    deterministic mode, read once by the caller so that it is part of the compiled program's key)."""
     if not spec.batched:
         x = x[None]
     x = apply_padding_mode(spec, x)
-    y = dispatch.LOWERINGS[lowering].lower(spec, x, w)
+    y = dispatch.lower(spec, x, w, deterministic)
     if b is not None:
         shape = [1] * y.ndim
         shape[channel_axis(spec)] = spec.out_channels
@@ -82,15 +85,16 @@ def convolution(spec: ConvSpec, x, w, b) -> jax.Array:
         # PyTorch returns an empty output for zero batch or zero input channels; so does lax, but not on every
         # backend, so we build it directly.
         return jnp.zeros(spec.out_shape, out_dtype)
-    choice = dispatch.select(spec)
+    deterministic = are_deterministic_algorithms_enabled()
+    dispatch.select(spec, deterministic=deterministic)  # an explicit lowering that cannot run raises here
     if any(isinstance(a, jax.core.Tracer) for a in (x, w, b)):
         # Inside the caller's jit/grad/vmap: trace inline. A nested jit would be inlined by XLA anyway, but into a
         # slower schedule (docs/lowerings.md, "Auto's rules").
-        return _apply_lowering(spec, choice.lowering, x, w, b)
-    return _compiled_apply_lowering(spec, choice.lowering, x, w, b)
+        return _apply_lowering(spec, deterministic, x, w, b)
+    return _compiled_apply_lowering(spec, deterministic, x, w, b)
 
 
-# Eager calls: one compiled program per (spec, lowering), so equal configurations compile once.
+# Eager calls: one compiled program per (spec, mode), so equal configurations compile once.
 _compiled_apply_lowering = jax.jit(_apply_lowering, static_argnums=(0, 1))
 
 

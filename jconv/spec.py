@@ -61,6 +61,9 @@ class ConvSpec:
     # Roles ("batch", "channel", "spatial") of input axes sharded over an Explicit mesh axis: part of the
     # input's type there, and lowerings that pad, slice or reshape such axes cannot type-check.
     explicit_sharding: Tuple[str, ...] = ()
+    # The platform ("cpu", "gpu", "tpu") the convolution is lowered for: jconv.dispatch.lower traces one branch
+    # per platform with it set. None: JAX's default backend. Lowerings read it through common.target_platform.
+    platform: Optional[str] = None
 
     # --- derived quantities -------------------------------------------------------------------------
 

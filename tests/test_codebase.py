@@ -50,6 +50,14 @@ def test_no_measurements_or_history_in_the_package(path):
     assert not hits, f"{path.name}: move these to docs/ or benchmarks/results/: {hits}"
 
 
+def test_platform_is_read_from_the_spec():
+    """What a lowering does per platform follows the platform it is lowered for (common.target_platform, part of
+    the spec), not the process's default backend: otherwise exporting for another platform bakes this one in."""
+    hits = [f"{path.name}:{i}" for path in PACKAGE for i, line in enumerate(path.read_text().splitlines(), 1)
+            if "default_backend()" in line and path.name != "common.py"]
+    assert not hits, hits
+
+
 def test_readme_is_a_short_guide():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 220, f"README.md has {len(lines)} lines; details go in docs/"

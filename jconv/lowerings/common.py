@@ -1,4 +1,5 @@
-"""Layout helpers shared by the lowerings: one place for dimension numbers and weight re-arrangements."""
+"""Layout helpers shared by the lowerings: one place for dimension numbers and weight re-arrangements, the
+platform being lowered for, and the non-finite guard."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from jax.custom_derivatives import SymbolicZero
 from jconv.spec import ConvSpec
 
 _SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
+
+
+
+def target_platform(spec: ConvSpec) -> str:
+    """The platform ("cpu", "gpu", "tpu", ...) `spec` is lowered for: its branch of jax.lax.platform_dependent
+    (jconv.dispatch.lower), else JAX's default backend. Code that differs by platform reads this, never
+    jax.default_backend(), so that exporting for another platform gets that platform's code; being part of the
+    static spec, it reaches custom derivative rules that run after the branch was traced."""
+    return spec.platform or jax.default_backend()
 
 
 def dimension_numbers(spec: ConvSpec) -> tuple:

@@ -19,7 +19,8 @@ import jax
 from jax import lax
 
 from jconv.lowerings.common import (
-    dimension_numbers, pad_spatial, transposed_as_conv_padding, transposed_weight_as_conv, with_weight_tangent)
+    dimension_numbers, pad_spatial, target_platform, transposed_as_conv_padding, transposed_weight_as_conv,
+    with_weight_tangent)
 from jconv.spec import ConvSpec
 
 NAME = "xla"
@@ -32,11 +33,12 @@ def refusal(spec: ConvSpec) -> Optional[str]:
     return None
 
 
-def padded_beforehand(spec: ConvSpec) -> tuple:
-    """Per spatial axis, the (lo, hi) zeros the weight gradient pads before the conv: the excess of the output's
-    length over the input's, taken from both sides so that the padding left folded in is as even as possible."""
+def padded_beforehand(spec: ConvSpec, platform: Optional[str] = None) -> tuple:
+    """Per spatial axis, the (lo, hi) zeros the weight gradient pads before the conv on `platform` (default: the
+    one being lowered for): the excess of the output's length over the input's, taken from both sides so that the
+    padding left folded in is as even as possible."""
     none = ((0, 0),) * spec.ndim
-    if spec.transposed or "spatial" in spec.explicit_sharding or jax.default_backend() != "cpu":
+    if spec.transposed or "spatial" in spec.explicit_sharding or (platform or target_platform(spec)) != "cpu":
         return none
     pads = []
     for o, i, (lo, hi) in zip(spec.out_spatial, spec.lowering_in_spatial, spec.lowering_padding):

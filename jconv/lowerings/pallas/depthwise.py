@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 from jax.interpreters import ad
 
 from jconv.lowerings import xla
-from jconv.lowerings.common import input_grad_dilation, output_dtype, with_exact_fallback
+from jconv.lowerings.common import input_grad_dilation, output_dtype, target_platform, with_exact_fallback
 from jconv.spec import ConvSpec
 
 NAME = "pallas"
@@ -53,12 +53,13 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
+def _interpret(spec: ConvSpec) -> bool:
+    """Interpret mode everywhere but on GPU: the kernels are written for Triton."""
+    return target_platform(spec) != "gpu"
 
 
-def _compiler_params(blocks: BlockSizes):
-    if _interpret():
+def _compiler_params(blocks: BlockSizes, interpret: bool):
+    if interpret:
         return None
     from jax.experimental.pallas import triton as pltriton
 
@@ -135,7 +136,8 @@ def _pad_to(a, shape):
     return jnp.pad(a, [(0, t - s) for s, t in zip(a.shape, shape)])
 
 
-def depthwise_stride1(x, w, dilation, blocks: BlockSizes = BlockSizes(), *, out_dtype=None):
+def depthwise_stride1(x, w, dilation, blocks: BlockSizes = BlockSizes(), *, interpret: bool = True,
+                      out_dtype=None):
     """y[n, h, w, c] = sum_ij x[n, h + i*dh, w + j*dw, c] * w[i, j, c] over an already padded NHWC input.
 
     x: (N, H, W, C); w: (KH, KW, C). Output (N, H - dh*(KH-1), W - dw*(KW-1), C) in out_dtype (default x's),
@@ -156,13 +158,13 @@ def depthwise_stride1(x, w, dilation, blocks: BlockSizes = BlockSizes(), *, out_
         in_specs=[pl.BlockSpec((1, h_in, w_in, bc), lambda b, ci, hi: (b, 0, 0, ci)),
                   pl.BlockSpec((wp.shape[0], wp.shape[1], bc), lambda b, ci, hi: (0, 0, ci))],
         out_specs=pl.BlockSpec((1, bh, bw, bc), lambda b, ci, hi: (b, hi, 0, ci)),
-        interpret=_interpret(),
-        compiler_params=_compiler_params(blocks),
+        interpret=interpret,
+        compiler_params=_compiler_params(blocks, interpret),
     )(xp, wp)
     return y[:, :h_out, :w_out, :c]
 
 
-def depthwise_weight_grad(x, g, kernel, dilation, blocks: BlockSizes = BlockSizes()):
+def depthwise_weight_grad(x, g, kernel, dilation, blocks: BlockSizes = BlockSizes(), *, interpret: bool = True):
     """dW[i, j, c] = sum_{n,h,w} x[n, h + i*dh, w + j*dw, c] * g[n, h, w, c], in at least float32 (fixed-order
     sums: per-tile partials, then one XLA reduction)."""
     n, h, wd, c = x.shape
@@ -181,8 +183,8 @@ def depthwise_weight_grad(x, g, kernel, dilation, blocks: BlockSizes = BlockSize
         in_specs=[pl.BlockSpec((1, h_in, w_in, bc), lambda b, ci, hi: (b, 0, 0, ci)),
                   pl.BlockSpec((1, bh, bw, bc), lambda b, ci, hi: (b, hi, 0, ci))],
         out_specs=pl.BlockSpec((1, 1, khp, kwp, bc), lambda b, ci, hi: (b, hi, 0, 0, ci)),
-        interpret=_interpret(),
-        compiler_params=_compiler_params(blocks),
+        interpret=interpret,
+        compiler_params=_compiler_params(blocks, interpret),
     )(xp, gp)
     return jnp.sum(partials, axis=(0, 1))[:kh, :kw, :c]  # a fixed-order XLA reduction
 
@@ -237,7 +239,8 @@ def _forward(spec: ConvSpec, x, w):
     kernel, stride, dilation, pads = _geometry(spec)
     xh = _expand(spec, _to_nhwc(spec, x))
     xh = jnp.pad(xh, [(0, 0), *pads, (0, 0)])
-    y = depthwise_stride1(xh, _weights_hwc(spec, w), dilation, out_dtype=output_dtype(spec))
+    y = depthwise_stride1(xh, _weights_hwc(spec, w), dilation, interpret=_interpret(spec),
+                          out_dtype=output_dtype(spec))
     out = spec.out_spatial if spec.ndim == 2 else (1, *spec.out_spatial)
     y = y[:, ::stride[0], ::stride[1]][:, :out[0], :out[1]]
     return _from_nhwc(spec, y.astype(output_dtype(spec)))
@@ -251,7 +254,7 @@ def _grad_input(spec: ConvSpec, w, g):
     config = [(0, 0, 0), *rows, *input_grad_dilation(spec), (0, 0, 0)]
     g_dilated = jax.lax.pad(gh, jnp.zeros((), gh.dtype), config)
     flipped = _weights_hwc(spec, w)[::-1, ::-1]
-    gx = depthwise_stride1(g_dilated, flipped.astype(g_dilated.dtype), dilation)
+    gx = depthwise_stride1(g_dilated, flipped.astype(g_dilated.dtype), dilation, interpret=_interpret(spec))
     multiplier = spec.channel_multiplier
     if multiplier > 1:
         gx = gx.reshape(*gx.shape[:-1], spec.in_channels, multiplier).sum(-1)
@@ -266,7 +269,7 @@ def _grad_weight(spec: ConvSpec, x, g):
     if any(s > 1 for s in stride):  # scatter the strided gradient onto the stride-1 output grid
         config = [(0, 0, 0)] + [(0, 0, s - 1) for s in stride] + [(0, 0, 0)]
         gh = jax.lax.pad(gh, jnp.zeros((), gh.dtype), config)
-    dw = depthwise_weight_grad(xh, gh, kernel, dilation)  # (KH, KW, C_out)
+    dw = depthwise_weight_grad(xh, gh, kernel, dilation, interpret=_interpret(spec))  # (KH, KW, C_out)
     return jnp.moveaxis(dw, -1, 0).reshape(spec.out_channels, 1, *spec.kernel_size)
 
 
