@@ -109,8 +109,6 @@ PLATFORMS = {"cpu": ("cpu",), "gpu": ("cuda", "rocm"), "tpu": ("tpu",)}
 _ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 
 
-
-
 def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Optional[bool] = None) -> Choice:
     """The lowering for `spec` on `platform` (default: the platform the spec is lowered for)."""
     platform = _ALIASES.get(platform, platform) or target_platform(spec)
