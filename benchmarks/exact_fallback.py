@@ -41,7 +41,7 @@ def main():
             fwd, fb, _, _ = jax_pair(f, x, w)
             calls[name, "fwd"], calls[name, "fb"] = (fwd, jax_sync), (fb, jax_sync)
         t = interleaved_medians(calls, rounds=args.rounds)
-        cell = lambda k: f"{t[k].median * 1e3:.2f} ({t[k].minimum * 1e3:.2f}, {t[k].q1 * 1e3:.2f}-{t[k].q3 * 1e3:.2f})"
+        cell = lambda k: t[k].ms()
         form = "matmul" if phase.matmul_forward(spec) else "conv"
         print(f"| {case.label()} | {form} | {cell(('fast', 'fwd'))} | {cell(('guarded', 'fwd'))} | "
               f"{cell(('fast', 'fb'))} | {cell(('guarded', 'fb'))} |", flush=True)

@@ -47,7 +47,7 @@ def main():
             fwd, fb, _, _ = jax_pair(lambda x, w, f=f: f(x, w), x, w)
             calls[key, "fwd"], calls[key, "fb"] = (fwd, jax_sync), (fb, jax_sync)
         t = interleaved_medians(calls, rounds=args.rounds)
-        cell = lambda k: f"{t[k].median * 1e3:.2f} ({t[k].minimum * 1e3:.2f}, {t[k].q1 * 1e3:.2f}-{t[k].q3 * 1e3:.2f})"
+        cell = lambda k: t[k].ms()
         ratio = lambda m: f"{t['auto', m].median / t['named', m].median:.2f}"
         print(f"| {case.label()} | {named} | {cell(('named', 'fwd'))} | {cell(('auto', 'fwd'))} | {ratio('fwd')} | "
               f"{cell(('named', 'fb'))} | {cell(('auto', 'fb'))} | {ratio('fb')} |", flush=True)

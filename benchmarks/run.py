@@ -62,6 +62,10 @@ class Timing(NamedTuple):
     q1: float
     q3: float
 
+    def ms(self) -> str:
+        """'median (minimum, q1-q3)' in ms, the cell the A/B scripts print."""
+        return f"{self.median * 1e3:.2f} ({self.minimum * 1e3:.2f}, {self.q1 * 1e3:.2f}-{self.q3 * 1e3:.2f})"
+
 
 def summarize(samples: list) -> Timing:
     q1, q3 = (np.percentile(samples, (25, 75)) if len(samples) > 1 else (samples[0], samples[0]))

@@ -151,8 +151,7 @@ def _branch(spec: ConvSpec, platform: str, deterministic: Optional[bool]) -> tup
     """(lowering, the platform its trace depends on or None): equal branches are traced once."""
     # An explicit lowering was checked once by the caller (select raises or warns for it).
     name = spec.lowering if spec.lowering != "auto" else select(spec, platform, deterministic).lowering
-    if name in _SAME_ON_EVERY_PLATFORM or (
-            name == xla.NAME and all(pads == (0, 0) for pads in xla.padded_beforehand(spec, "cpu"))):
+    if name in _SAME_ON_EVERY_PLATFORM or (name == xla.NAME and not xla.pads_beforehand(spec, "cpu")):
         return (name, None)
     return (name, platform)
 

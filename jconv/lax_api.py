@@ -196,7 +196,7 @@ def _runs_lax_itself(spec: ConvSpec) -> bool:
     """Whether the lowering dispatch picks is lax's convolution as it is: then the caller's own call runs, in the
     caller's layouts (an HWIO kernel transposed to torch's layout slowed XLA:CPU's backward pass;
     docs/lax_api.md)."""
-    return dispatch.select(spec).lowering == xla.NAME and all(p == (0, 0) for p in xla.padded_beforehand(spec))
+    return dispatch.select(spec).lowering == xla.NAME and not xla.pads_beforehand(spec)
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: Union[str, Sequence[Tuple[int, int]]],

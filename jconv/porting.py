@@ -98,8 +98,9 @@ def _check_and_convert(name: str, state_dict: Mapping[str, Any], entries: List[_
     converted = {}
     for key, e in expected.items():
         if key in state_dict:
-            array = checked_array(name, key, state_dict[key], _torch_shape(e), jnp.asarray(e.value).dtype)
-            converted[key] = jnp.asarray(e.from_torch(array), jnp.asarray(e.value).dtype)
+            dtype = jnp.asarray(e.value).dtype
+            array = checked_array(name, key, state_dict[key], _torch_shape(e), dtype)
+            converted[key] = jnp.asarray(e.from_torch(array), dtype)
     return converted, IncompatibleKeys(missing, unexpected)
 
 

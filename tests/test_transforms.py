@@ -441,25 +441,31 @@ WIDENING_CASES = [
 ]
 
 
-@pytest.mark.parametrize("lowering", ("auto",) + jconv.LOWERING_NAMES)
-def test_a_wider_preferred_element_type_accumulates_in_it(lowering):
-    """bfloat16 operands, preferred_element_type=float32: products of bfloat16 values are exact in float32, so the
-    float32 sums match float64's to float32 rounding; a lowering that dropped the argument would round the output
-    to bfloat16 (about 3 decimal digits)."""
-    ran = 0
-    for fn, xs, ws, kw in WIDENING_CASES:
+def bfloat16_calls(cases, lowering):
+    """(fn, kwargs, spec, x, w) for each case `lowering` accepts, with random bfloat16 operands; at least one."""
+    calls = []
+    for fn, xs, ws, kw in cases:
         spec = fn.build_spec(jax.ShapeDtypeStruct(xs, jnp.bfloat16), jax.ShapeDtypeStruct(ws, jnp.bfloat16),
                              lowering=lowering, **kw)
         if lowering != "auto" and jconv.dispatch.LOWERINGS[lowering].refusal(spec) is not None:
             continue
         rng = np.random.default_rng(0)
         x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (xs, ws))
+        calls.append((fn, kw, spec, x, w))
+    assert calls, f"{lowering} accepts none of the cases"
+    return calls
+
+
+@pytest.mark.parametrize("lowering", ("auto",) + jconv.LOWERING_NAMES)
+def test_a_wider_preferred_element_type_accumulates_in_it(lowering):
+    """bfloat16 operands, preferred_element_type=float32: products of bfloat16 values are exact in float32, so the
+    float32 sums match float64's to float32 rounding; a lowering that dropped the argument would round the output
+    to bfloat16 (about 3 decimal digits)."""
+    for fn, kw, _, x, w in bfloat16_calls(WIDENING_CASES, lowering):
         y = fn(x, w, lowering=lowering, preferred_element_type=jnp.float32, **kw)
         ref = fn(x.astype(jnp.float64), w.astype(jnp.float64), lowering="xla", **kw)
         assert y.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=2e-5, atol=2e-5)
-        ran += 1
-    assert ran > 0
 
 
 # Weight gradients reduce over the batch and every output position: (function, input shape, weight shape, kwargs)
@@ -481,15 +487,8 @@ HALF_GRADIENT_CASES = [
 def test_bfloat16_weight_gradients_accumulate_in_float32(lowering):
     """bfloat16 operands: the weight gradient is within bfloat16's rounding of float64's (as torch's, which
     accumulates in float32); summed in bfloat16 over thousands of products it was several times further off."""
-    ran = 0
-    for fn, xs, ws, kw in HALF_GRADIENT_CASES:
-        spec = fn.build_spec(jax.ShapeDtypeStruct(xs, jnp.bfloat16), jax.ShapeDtypeStruct(ws, jnp.bfloat16),
-                             lowering=lowering, **kw)
-        if lowering != "auto" and jconv.dispatch.LOWERINGS[lowering].refusal(spec) is not None:
-            continue
-        rng = np.random.default_rng(0)
-        x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in (xs, ws))
-        g = jnp.asarray(rng.standard_normal(spec.out_shape), jnp.bfloat16)
+    for fn, kw, spec, x, w in bfloat16_calls(HALF_GRADIENT_CASES, lowering):
+        g = jnp.asarray(np.random.default_rng(1).standard_normal(spec.out_shape), jnp.bfloat16)
 
         def weight_grad(x, w, lowering):
             return jax.grad(lambda w: jnp.sum(fn(x, w, lowering=lowering, **kw).astype(jnp.float64) * g))(w)
@@ -497,6 +496,4 @@ def test_bfloat16_weight_gradients_accumulate_in_float32(lowering):
         got = np.asarray(weight_grad(x, w, lowering), np.float64)
         ref = np.asarray(weight_grad(x.astype(jnp.float64), w.astype(jnp.float64), "xla"))
         error = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-        assert error < 4e-3, (fn.__name__, xs, ws, kw, error)  # bfloat16's unit roundoff is 3.9e-3
-        ran += 1
-    assert ran > 0
+        assert error < 4e-3, (fn.__name__, x.shape, w.shape, kw, error)  # bfloat16's unit roundoff is 3.9e-3

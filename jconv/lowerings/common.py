@@ -17,7 +17,6 @@ from jconv.spec import ConvSpec
 _SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
 
 
-
 def target_platform(spec: ConvSpec) -> str:
     """The platform ("cpu", "gpu", "tpu", ...) `spec` is lowered for: its branch of jax.lax.platform_dependent
     (jconv.dispatch.lower), else JAX's default backend. Code that differs by platform reads this, never

@@ -48,6 +48,11 @@ def padded_beforehand(spec: ConvSpec, platform: Optional[str] = None) -> tuple:
     return tuple(pads)
 
 
+def pads_beforehand(spec: ConvSpec, platform: Optional[str] = None) -> bool:
+    """Whether the weight gradient pads anything before the conv on `platform` (padded_beforehand)."""
+    return any(pads != (0, 0) for pads in padded_beforehand(spec, platform))
+
+
 def conv(spec: ConvSpec, x: jax.Array, w: jax.Array, beforehand=None) -> jax.Array:
     """The spec's conv as one lax.conv_general_dilated; `beforehand`: per spatial axis, (lo, hi) zeros padded
     before the conv instead of folded into it."""
@@ -78,6 +83,6 @@ _with_padded_weight_gradient = with_weight_tangent(
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    if any(pre != (0, 0) for pre in padded_beforehand(spec)):
+    if pads_beforehand(spec):
         return _with_padded_weight_gradient(spec, x, w)
     return conv(spec, x, w)
