@@ -8,6 +8,12 @@ process (run.py's interleaved_medians). Shapes where auto compiles to lax's own 
 for dense 1-D/2-D convs) are skipped, since the suite's `same HLO` rows already cover them.
 
     python benchmarks/sweep.py [--seed S] [--count N] [--out benchmarks/results/sweep_cpu]
+    python benchmarks/sweep.py --autotune [--seed S] [--count N] [--cache-dir DIR]
+
+With --autotune, auto is measured dispatch (jconv.autotune, mode="train", the cache in --cache-dir, by default a
+new empty one): every shape is timed, lax's own convolution among the choices, and beside auto and lax the
+run times the next fastest candidates autotune measured (lowering="<name>:<variant>"), so that auto / best
+compares the choice with the best of them in the same round-robin. The tuning seconds per shape are recorded.
 
 Writes <out>.json and <out>.md after every shape (one row per shape, sorted by auto / lax, the rows over 1.05
 flagged, each median with the minimum and interquartile range of its samples) and <out>.png at the end (auto /
@@ -22,7 +28,10 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -76,35 +85,64 @@ def random_case(rng: random.Random, index: int):
                 channels_last=rng.random() < 0.3, stride=stride, **options)
 
 
-def run(seed: int, count: int, on_shape=None) -> dict:
-    """The report; on_shape(report so far) is called after every timed shape."""
+RUNNERS_UP = 2  # autotune's next fastest candidates timed beside its choice
+
+
+def _call(c, lowering="auto"):
+    return lambda x, w: getattr(jconv, c.fn)(x, w, None, channels_last=c.channels_last, lowering=lowering,
+                                             **c.options)
+
+
+def run(seed: int, count: int, on_shape=None, cache_dir=None) -> dict:
+    """The report; on_shape(report so far) is called after every timed shape. With cache_dir, auto is measured
+    dispatch with its cache there."""
     rng = random.Random(seed)
     rows = []
     for index in range(count):
         c = random_case(rng, index)
         x, w = make_arrays(c, np.random.default_rng(index))
         spec = jconv_spec(c, x, w)
-        lowering = dispatch.select(spec).lowering
-        if lowering == "xla":
-            continue
-        auto = lambda x, w, c=c: getattr(jconv, c.fn)(x, w, None, channels_last=c.channels_last, **c.options)
-        calls = {"auto": jax_pair(auto, x, w)[1], "lax": jax_pair(plain_lax(spec), x, w)[1]}
+        row = dict(layer=c.label(), fn=c.fn, input=c.input_shape, weight=c.weight_shape, options=c.options)
+        if cache_dir is None:
+            lowering = dispatch.select(spec).lowering
+            if lowering == "xla":
+                continue
+            calls = {"auto": jax_pair(_call(c), x, w)[1]}
+        else:
+            with jconv.autotune(True, cache_dir=cache_dir):
+                start = time.perf_counter()
+                calls = {"auto": jax_pair(_call(c), x, w)[1]}
+                row["tuning_s"] = time.perf_counter() - start
+                choice = dispatch.select(spec)
+            entry = choice.entry
+            lowering = f"{choice.lowering}:{choice.variant}"
+            ranked = sorted(entry.times_s, key=entry.times_s.get) if entry is not None else []
+            for label in [label for label in ranked if label != lowering][:RUNNERS_UP]:
+                calls[label] = jax_pair(_call(c, label), x, w)[1]
+            row["candidates"] = len(entry.times_s) + len(entry.dropped) if entry is not None else 1
+        calls["lax"] = jax_pair(plain_lax(spec), x, w)[1]
         times = interleaved_medians({k: (call, jax_sync) for k, call in calls.items()})
         auto_ms, lax_ms = times["auto"].median * 1e3, times["lax"].median * 1e3
+        best_ms = min(t.median for k, t in times.items() if k != "lax") * 1e3
+        if cache_dir is not None:  # lax's own convolution is one of autotune's candidates
+            best_ms = min(best_ms, lax_ms)
         spread = {k: {"min": t.minimum * 1e3, "q1": t.q1 * 1e3, "q3": t.q3 * 1e3} for k, t in times.items()}
-        rows.append(dict(layer=c.label(), fn=c.fn, input=c.input_shape, weight=c.weight_shape, options=c.options,
-                         lowering=lowering, auto_ms=auto_ms, lax_ms=lax_ms, ratio=auto_ms / lax_ms, spread=spread))
+        row.update(lowering=lowering, auto_ms=auto_ms, lax_ms=lax_ms, ratio=auto_ms / lax_ms, best_ms=best_ms,
+                   best_ratio=auto_ms / best_ms, runners_up={k: t.median * 1e3 for k, t in times.items()
+                                                             if k not in ("auto", "lax")}, spread=spread)
+        rows.append(row)
         print(f"{index + 1}/{count} {c.fn} {c.input_shape} {c.options} {c.dtype}: {lowering} "
-              f"{auto_ms:.2f} ms, lax {lax_ms:.2f} ms", file=sys.stderr, flush=True)
+              f"{auto_ms:.2f} ms, lax {lax_ms:.2f} ms, best {best_ms:.2f} ms", file=sys.stderr, flush=True)
         if on_shape is not None:
-            on_shape(_report(seed, count, rows, complete=index == count - 1))
-    return _report(seed, count, rows, complete=True)
+            on_shape(_report(seed, count, rows, complete=index == count - 1, autotune=cache_dir is not None))
+    return _report(seed, count, rows, complete=True, autotune=cache_dir is not None)
 
 
-def _report(seed: int, count: int, rows: list, complete: bool) -> dict:
+def _report(seed: int, count: int, rows: list, complete: bool, autotune: bool = False) -> dict:
     return dict(platform=jax.default_backend(), machine=platform.platform(), cpus=os.cpu_count(),
                 jax=jax.__version__, date=datetime.date.today().isoformat(), seed=seed, count=count,
-                command=" ".join(["python benchmarks/sweep.py", *sys.argv[1:]]), rows=rows, complete=complete)
+                command=" ".join(["python benchmarks/sweep.py", *sys.argv[1:]]), rows=rows, complete=complete,
+                autotune=autotune)
 
 
 def _spread(row: dict, key: str) -> str:
@@ -113,6 +151,8 @@ def _spread(row: dict, key: str) -> str:
 
 
 def markdown(report: dict) -> str:
+    if report.get("autotune"):
+        return _autotune_markdown(report)
     rows = sorted(report["rows"], key=lambda r: -r["ratio"])
     slower = [r for r in rows if r["ratio"] > SLOWER]
     lines = [f"# Random-shape sweep: auto vs plain lax ({report['platform']}), jax {report['jax']}, {report['date']}",
@@ -133,6 +173,40 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['ratio']:.2f}{flag} | {r['lowering']} | {r['auto_ms']:.2f}{_spread(r, 'auto')} | "
                      f"{r['lax_ms']:.2f}{_spread(r, 'lax')} | "
                      f"{r['fn']} | {tuple(r['input'])} | {tuple(r['weight'])} | {r['options']} | {dtype_layout} |")
+    return "\n".join(lines) + "\n"
+
+
+def _autotune_markdown(report: dict) -> str:
+    rows = sorted(report["rows"], key=lambda r: -r["ratio"])
+    slower = [r for r in rows if r["ratio"] > SLOWER]
+    off_best = [r for r in rows if r["best_ratio"] > SLOWER]
+    tuning = sorted(r["tuning_s"] for r in rows)
+    lines = [f"# Random-shape sweep with autotune: auto vs plain lax ({report['platform']}), jax {report['jax']}, "
+             f"{report['date']}",
+             "",
+             f"Command: `{report['command']}`. Machine: {report['machine']}, {report['cpus']} CPUs. "
+             f"{len(rows)} random shapes (seed {report['seed']}), auto = measured dispatch (mode train) from an "
+             "empty cache. Forward+backward (output and gradients w.r.t. input and weight), median ms, auto, lax and "
+             f"autotune's next {RUNNERS_UP} candidates timed round-robin in one process, each with (minimum; "
+             f"interquartile range) of its samples. Over {SLOWER}x lax: {len(slower)}. Over {SLOWER}x the best "
+             f"timed here (auto, lax or a runner-up): {len(off_best)}.",
+             "",
+             f"Tuning, seconds per shape (compiling every candidate included): median "
+             f"{statistics.median(tuning):.1f}, min {tuning[0]:.1f}, max {tuning[-1]:.1f}, total {sum(tuning):.0f}"
+             if tuning else "",
+             "",
+             "| auto / lax | auto / best | autotune picks (of n) | tuning s | auto ms | lax ms | runners-up ms | fn | "
+             "input | weight | options | dtype, layout |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = " **slower**" if r["ratio"] > SLOWER else ""
+        best_flag = " **off best**" if r["best_ratio"] > SLOWER else ""
+        runners = ", ".join(f"{k} {v:.2f}" for k, v in r["runners_up"].items()) or "-"
+        dtype_layout = r["layer"].split(" ", 1)[1]
+        lines.append(f"| {r['ratio']:.2f}{flag} | {r['best_ratio']:.2f}{best_flag} | {r['lowering']} "
+                     f"({r['candidates']}) | {r['tuning_s']:.1f} | {r['auto_ms']:.2f}{_spread(r, 'auto')} | "
+                     f"{r['lax_ms']:.2f}{_spread(r, 'lax')} | {runners} | {r['fn']} | {tuple(r['input'])} | "
+                     f"{tuple(r['weight'])} | {r['options']} | {dtype_layout} |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,10 +253,15 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=40)
     parser.add_argument("--out", default=None,
-                        help="output prefix (default benchmarks/results/latest_sweep_<platform>)")
+                        help="output prefix (default benchmarks/results/latest_sweep_<platform>, or "
+                             "latest_sweep_autotune_<platform> with --autotune)")
+    parser.add_argument("--autotune", action="store_true", help="auto is measured dispatch (jconv.autotune)")
+    parser.add_argument("--cache-dir", default=None, help="with --autotune: the cache (default: a new empty one)")
     args = parser.parse_args()
-    out = args.out or default_out(f"sweep_{jax.default_backend()}")
-    report = run(args.seed, args.count, on_shape=lambda partial: write_report(partial, out, final=False))
+    out = args.out or default_out(f"sweep_{'autotune_' if args.autotune else ''}{jax.default_backend()}")
+    cache_dir = (args.cache_dir or tempfile.mkdtemp(prefix="jconv-sweep-")) if args.autotune else None
+    report = run(args.seed, args.count, on_shape=lambda partial: write_report(partial, out, final=False),
+                 cache_dir=cache_dir)
     print(write_report(report, out, final=True))
 
 

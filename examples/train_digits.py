@@ -9,6 +9,9 @@ Data-parallel over all local devices (each batch sharded along its first axis, p
 inserts the gradient all-reduce). On a CPU, make 8 devices first:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/train_digits.py --data-parallel
+
+With --autotune, each convolution's lowering is measured on this machine when the training step is first traced
+(or read from the cache of an earlier run: docs/autotune.md); the first step's time shows what that costs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+import jconv
 import jconv.nn as jnn
 
 
@@ -70,9 +74,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-parallel", action="store_true",
                         help="shard every batch over all local devices (Mesh + NamedSharding)")
+    parser.add_argument("--autotune", action="store_true", help="measured dispatch (jconv.autotune)")
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_digits.png"))
     args = parser.parse_args()
 
+    if args.autotune:
+        jconv.autotune(True)
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8), NCHW as in PyTorch
     x_train, x_test, y_train, y_test = train_test_split(images, digits.target, test_size=0.2,
@@ -103,6 +110,9 @@ def main():
             idx = order[i:i + args.batch_size]
             loss, _ = train_step(model, optimizer, put(x_train[idx]), put(y_train[idx]))
             losses.append(float(loss))
+            if epoch == 1 and i == 0:
+                print(f"first step (tracing{', autotune' if args.autotune else ''}, compiling, running): "
+                      f"{time.perf_counter() - start:.1f} s", flush=True)
         test_loss, test_acc = evaluate(model, put(x_test), put(y_test))
         history["train_loss"].append(np.mean(losses))
         history["test_loss"].append(float(test_loss))

@@ -1,13 +1,14 @@
 """jconv: PyTorch-exact convolutions for JAX, lowered to whatever is fastest and correct."""
 
 from jconv import determinism as _determinism
+from jconv._version import __version__
 from jconv.determinism import (
     are_deterministic_algorithms_enabled,
     deterministic_jit,
     is_deterministic_algorithms_warn_only_enabled,
     use_deterministic_algorithms,
 )
-from jconv.dispatch import LOWERING_NAMES, Choice, explain
+from jconv.dispatch import LOWERING_NAMES, Candidate, Choice, explain, report, tune
 from jconv.functional import (
     conv1d,
     conv2d,
@@ -18,8 +19,8 @@ from jconv.functional import (
 )
 from jconv.lax_api import conv_general_dilated, conv_transpose
 from jconv.spec import ConvSpec
+from jconv.tuning import AutotuneCache, autotune, autotune_cache
 
-__version__ = "0.1.0"  # the package's one version (pyproject.toml reads it)
 
 
 def __getattr__(name: str):
@@ -37,7 +38,8 @@ _determinism._enable_from_env()
 
 __all__ = [
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "conv_general_dilated", "conv_transpose", "explain", "Choice", "ConvSpec", "LOWERING_NAMES",
+    "conv_general_dilated", "conv_transpose", "explain", "Choice", "Candidate", "ConvSpec", "LOWERING_NAMES",
+    "autotune", "autotune_cache", "AutotuneCache", "tune", "report", "__version__",
     "use_deterministic_algorithms", "are_deterministic_algorithms_enabled",
     "is_deterministic_algorithms_warn_only_enabled", "deterministic_jit",
 ]

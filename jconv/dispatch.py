@@ -1,8 +1,10 @@
-"""Choosing a lowering: the ONE rule table, and explain().
+"""Choosing a lowering: the ONE rule table, measured dispatch's hook, and explain().
 
 `lowering="auto"` walks RULES top to bottom and takes the first rule whose condition holds, whose lowering
 does not refuse the spec, and (in deterministic mode) whose lowering is deterministic. The evidence for each rule
-is in docs/lowerings.md. A user's explicit `lowering="<name>"` skips the table but is still checked.
+is in docs/lowerings.md. With autotune on (jconv.autotune, or `lowering="autotune"`), a measured or cached choice
+comes first (jconv.autotune). A user's explicit `lowering="<name>"` or `"<name>:<variant>"` skips both but is
+still checked.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import jax
 
+from jconv import tuning
 from jconv.determinism import are_deterministic_algorithms_enabled, is_deterministic_algorithms_warn_only_enabled
 from jconv import lowerings
 from jconv.lowerings import dilated, grouped, im2col, matmul, phase, planes, taps, xla
@@ -92,16 +95,39 @@ RETIRED_RULES = (
 
 
 @dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One lowering and variant for a spec: refused (and why), or accepted (and, when measured, its time)."""
+
+    lowering: str
+    variant: Optional[str]  # None for a refused lowering
+    refusal: Optional[str] = None
+    time_s: Optional[float] = None
+
+    def __str__(self) -> str:
+        name = self.lowering if self.variant is None else f"{self.lowering}:{self.variant}"
+        if self.refusal is not None:
+            return f"{name}: refused: {self.refusal}"
+        return f"{name}: {self.time_s * 1e3:.3g} ms" if self.time_s is not None else f"{name}: accepted"
+
+
+@dataclasses.dataclass(frozen=True)
 class Choice:
-    """What dispatch picked for one call, and why."""
+    """What dispatch picked for one call, and why; explain() also lists every candidate."""
 
     lowering: str
     reason: str
     platform: str
     spec: ConvSpec
+    variant: Optional[str] = None
+    candidates: Tuple[Candidate, ...] = ()
+    entry: Optional[tuning.Entry] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
-        return f"{self.spec.describe()}\n  -> lowering={self.lowering!r} on {self.platform}: {self.reason}"
+        name = self.lowering if self.variant in (None, "default") else f"{self.lowering}:{self.variant}"
+        lines = [f"{self.spec.describe()}", f"  -> lowering={name!r} on {self.platform}: {self.reason}"]
+        lines += [f"     {'*' if (c.lowering, c.variant) == (self.lowering, self.variant) else ' '} {c}"
+                  for c in self.candidates]
+        return "\n".join(lines)
 
 
 # Dispatch's platform names (RULES, explain) and jax.lax.platform_dependent's for each.
@@ -109,12 +135,57 @@ PLATFORMS = {"cpu": ("cpu",), "gpu": ("cuda", "rocm"), "tpu": ("tpu",)}
 _ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 
 
+def _dispatch_platform(platform: str) -> str:
+    return _ALIASES.get(platform, platform)
+
+
+def _refusal(module, spec: ConvSpec, deterministic: bool) -> Optional[str]:
+    if deterministic and not module.DETERMINISTIC:
+        return "not deterministic, and deterministic mode is on"
+    return module.refusal(spec)
+
+
+def candidates(spec: ConvSpec, platform: str, deterministic: bool) -> Tuple[Candidate, ...]:
+    """Every lowering and variant for `spec` on `platform`: the accepted ones, and the refused with their reason
+    (a lowering autotune does not time there counts as refused, with its tuning_refusal)."""
+    listed = []
+    for name, module in LOWERINGS.items():
+        on_platform = dataclasses.replace(spec, platform=platform)
+        refusal = _refusal(module, spec, deterministic)
+        not_tuned = getattr(module, "tuning_refusal", None)
+        if refusal is None and not_tuned is not None and not_tuned(on_platform) is not None:
+            refusal = f"not timed by autotune: {not_tuned(on_platform)}"
+        if refusal is not None:
+            listed.append(Candidate(name, None, refusal))
+        else:
+            listed += [Candidate(name, variant) for variant in module.variants(spec)]
+    return tuple(listed)
+
+
+def _candidate_lowering(name: str, variant: str):
+    return LOWERINGS[name].lower
+
+
+def _measured(spec: ConvSpec, platform: str, deterministic: bool) -> Tuple[Optional[Choice], str]:
+    """autotune's choice, or None and why there is none."""
+    accepted = [(c.lowering, c.variant) for c in candidates(spec, platform, deterministic) if c.refusal is None]
+    local = _dispatch_platform(target_platform(dataclasses.replace(spec, platform=None)))
+    decision = tuning.decide(spec, platform, local, deterministic, accepted, _candidate_lowering,
+                               reference=(xla.NAME, xla.variants(spec)[0]))
+    entry = decision.entry
+    if entry is None:
+        return None, decision.why
+    if (entry.lowering, entry.variant) not in accepted:  # an entry this spec's batch or mode no longer allows
+        return None, f"autotune's {entry.lowering}:{entry.variant} does not run here"
+    return Choice(entry.lowering, decision.why, platform, spec, entry.variant, entry=entry), decision.why
+
+
 def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Optional[bool] = None) -> Choice:
     """The lowering for `spec` on `platform` (default: the platform the spec is lowered for)."""
-    platform = _ALIASES.get(platform, platform) or target_platform(spec)
+    platform = _dispatch_platform(platform or target_platform(spec))
     if deterministic is None:
         deterministic = are_deterministic_algorithms_enabled()
-    if spec.lowering != "auto":
+    if spec.lowering not in ("auto", "autotune"):
         module = LOWERINGS[spec.lowering]
         refusal = module.refusal(spec)
         if refusal is not None:
@@ -125,7 +196,17 @@ def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Option
             if not is_deterministic_algorithms_warn_only_enabled():
                 raise RuntimeError(message)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
-        return Choice(spec.lowering, "chosen explicitly by the caller", platform, spec)
+        variants = module.variants(spec)
+        if spec.variant is not None and spec.variant not in variants:
+            raise ValueError(f"{spec.op}: lowering={spec.lowering!r} has no variant {spec.variant!r} for this "
+                             f"convolution; its variants here are {list(variants)}")
+        return Choice(spec.lowering, "chosen explicitly by the caller", platform, spec, spec.variant or variants[0])
+    prefix = ""
+    if spec.lowering == "autotune" or tuning.is_enabled():
+        choice, why = _measured(spec, platform, deterministic)
+        if choice is not None:
+            return choice
+        prefix = f"{why}; the rules: "
     for rule in RULES:
         module = LOWERINGS[rule.lowering]
         if rule.platforms and platform not in rule.platforms:
@@ -133,14 +214,16 @@ def select(spec: ConvSpec, platform: Optional[str] = None, deterministic: Option
         if deterministic and not module.DETERMINISTIC:
             continue
         if rule.when(spec) and module.refusal(spec) is None:
-            return Choice(rule.lowering, rule.reason, platform, spec)
+            return Choice(rule.lowering, prefix + rule.reason, platform, spec, module.variants(spec)[0])
     raise AssertionError("the last rule must accept every spec")  # pragma: no cover
 
 
 def lower_auto(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     """Lower `spec` with the lowering auto picks for the platform being lowered for (the inner convs of phase,
     dilated and planes)."""
-    return LOWERINGS[select(spec).lowering].lower(spec, x, w)
+    spec = dataclasses.replace(spec, variant=None)  # the outer lowering's variant is not the inner one's
+    choice = select(spec)
+    return LOWERINGS[choice.lowering].lower(dataclasses.replace(spec, variant=choice.variant), x, w)
 
 
 # Lowerings whose traced code reads no platform (array code only): one trace serves every platform.
@@ -148,17 +231,21 @@ _SAME_ON_EVERY_PLATFORM = frozenset({"taps", "matmul", "im2col"})
 
 
 def _branch(spec: ConvSpec, platform: str, deterministic: Optional[bool]) -> tuple:
-    """(lowering, the platform its trace depends on or None): equal branches are traced once."""
+    """(lowering, variant, the platform its trace depends on or None): equal branches are traced once."""
     # An explicit lowering was checked once by the caller (select raises or warns for it).
-    name = spec.lowering if spec.lowering != "auto" else select(spec, platform, deterministic).lowering
+    if spec.lowering in ("auto", "autotune"):
+        choice = select(spec, platform, deterministic)
+        name, variant = choice.lowering, choice.variant
+    else:
+        name, variant = spec.lowering, spec.variant
     if name in _SAME_ON_EVERY_PLATFORM or (name == xla.NAME and not xla.pads_beforehand(spec, "cpu")):
-        return (name, None)
-    return (name, platform)
+        return (name, variant, None)
+    return (name, variant, platform)
 
 
 def _lower_branch(branch: tuple, spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    name, platform = branch
-    return LOWERINGS[name].lower(spec if platform is None else dataclasses.replace(spec, platform=platform), x, w)
+    name, variant, platform = branch
+    return LOWERINGS[name].lower(dataclasses.replace(spec, variant=variant, platform=platform or spec.platform), x, w)
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array, deterministic: Optional[bool] = None) -> jax.Array:
@@ -187,4 +274,42 @@ def explain(fn, *args, platform: Optional[str] = None, **kwargs) -> Choice:
     build_spec = getattr(fn, "build_spec", None)
     if build_spec is None:
         raise TypeError(f"explain: expected a jconv convolution function, but got {fn!r}")
-    return select(build_spec(*args, **kwargs), platform)
+    spec = build_spec(*args, **kwargs)
+    with tuning.measuring(False):  # explain never runs anything: a measured choice comes from the cache
+        choice = select(spec, platform)
+    deterministic = are_deterministic_algorithms_enabled()
+    times = choice.entry.times_s if choice.entry is not None else {}
+    dropped = choice.entry.dropped if choice.entry is not None else {}
+    listed = tuple(dataclasses.replace(c, time_s=times.get(f"{c.lowering}:{c.variant}"),
+                                       refusal=c.refusal or dropped.get(f"{c.lowering}:{c.variant}"))
+                   for c in candidates(spec, choice.platform, deterministic))
+    return dataclasses.replace(choice, candidates=listed)
+
+
+def _report(fn, args, kwargs, measure: bool) -> tuning.Report:
+    jax.clear_caches()  # jit reuses traces: every jconv call in fn must be traced again to be seen
+    with tuning.collecting() as specs, tuning.measuring(measure):
+        jax.eval_shape(fn, *args, **kwargs)
+    report = tuning.Report()
+    for spec in tuning.distinct(specs):
+        explicit = spec.lowering not in ("auto", "autotune")
+        with tuning.measuring(measure):
+            choice = select(spec if explicit else dataclasses.replace(spec, lowering="autotune"))
+        entry = choice.entry
+        source = "explicit" if explicit else entry.source if entry else "rules"
+        report.append(tuning.Row(spec, choice.lowering, choice.variant, source, entry.time_s if entry else None,
+                                 entry.lax_time_s if entry else None))
+    return report
+
+
+def tune(fn, *args, **kwargs) -> tuning.Report:
+    """Trace fn(*args, **kwargs) abstractly, measure every jconv convolution in it that the cache lacks (with the
+    autotune mode and budget in effect), and return the report: per convolution, the chosen lowering and variant,
+    its time, lax's, and the speed-up. Arrays may be jax.ShapeDtypeStruct. A call with an explicit lowering is
+    listed as such, not tuned."""
+    return _report(fn, args, kwargs, measure=True)
+
+
+def report(fn, *args, **kwargs) -> tuning.Report:
+    """tune()'s table without measuring: the cache's choice where it has one, else the rules'."""
+    return _report(fn, args, kwargs, measure=False)

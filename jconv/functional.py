@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from jconv import dispatch
+from jconv import dispatch, tuning
 from jconv.arrays import as_jax
 from jconv.determinism import are_deterministic_algorithms_enabled
 from jconv.lowerings.common import channel_axis
@@ -58,10 +58,11 @@ def _spec_from_arrays(op: str, n: int, transposed: bool, input, weight, bias, **
     )
 
 
-def _apply_lowering(spec: ConvSpec, deterministic: bool, x: jax.Array, w: jax.Array,
+def _apply_lowering(spec: ConvSpec, deterministic: bool, tuning_state: tuple, x: jax.Array, w: jax.Array,
                     b: Optional[jax.Array]) -> jax.Array:
     """Mode padding, the lowering, the bias: array code only, every decision made from the static spec (and
-    deterministic mode, read once by the caller so that it is part of the compiled program's key)."""
+    deterministic mode and the autotune state, read once by the caller so that they are part of the compiled
+    program's key)."""
     if not spec.batched:
         x = x[None]
     x = apply_padding_mode(spec, x)
@@ -86,16 +87,20 @@ def convolution(spec: ConvSpec, x, w, b) -> jax.Array:
         # backend, so we build it directly.
         return jnp.zeros(spec.out_shape, out_dtype)
     deterministic = are_deterministic_algorithms_enabled()
-    dispatch.select(spec, deterministic=deterministic)  # an explicit lowering that cannot run raises here
-    if any(isinstance(a, jax.core.Tracer) for a in (x, w, b)):
-        # Inside the caller's jit/grad/vmap: trace inline. A nested jit would be inlined by XLA anyway, but into a
-        # slower schedule (docs/lowerings.md, "Auto's rules").
-        return _apply_lowering(spec, deterministic, x, w, b)
-    return _compiled_apply_lowering(spec, deterministic, x, w, b)
+    tuning_state = tuning.state_key()
+    # Autotune measures the batch each device runs: vmap's and the shards' (jconv.tuning.batch_factor).
+    with tuning.batch_scaled(tuning.batch_factor(x)):
+        tuning.collect(spec)
+        dispatch.select(spec, deterministic=deterministic)  # an explicit lowering that cannot run raises here
+        if any(isinstance(a, jax.core.Tracer) for a in (x, w, b)):
+            # Inside the caller's jit/grad/vmap: trace inline. A nested jit would be inlined by XLA anyway, but
+            # into a slower schedule (docs/lowerings.md, "Auto's rules").
+            return _apply_lowering(spec, deterministic, tuning_state, x, w, b)
+        return _compiled_apply_lowering(spec, deterministic, tuning_state, x, w, b)
 
 
-# Eager calls: one compiled program per (spec, mode), so equal configurations compile once.
-_compiled_apply_lowering = jax.jit(_apply_lowering, static_argnums=(0, 1))
+# Eager calls: one compiled program per (spec, modes), so equal configurations compile once.
+_compiled_apply_lowering = jax.jit(_apply_lowering, static_argnums=(0, 1, 2))
 
 
 _CONV_DOC = """{n}-D convolution with torch.nn.functional.conv{n}d's semantics.

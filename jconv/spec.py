@@ -64,6 +64,8 @@ class ConvSpec:
     # The platform ("cpu", "gpu", "tpu") the convolution is lowered for: jconv.dispatch.lower traces one branch
     # per platform with it set. None: JAX's default backend. Lowerings read it through common.target_platform.
     platform: Optional[str] = None
+    # The named variant of the lowering (its module's variants(spec)); None: the one its rule picks.
+    variant: Optional[str] = None
 
     # --- derived quantities -------------------------------------------------------------------------
 
@@ -202,11 +204,15 @@ def _check_dtype(op: str, name: str, dtype: Any) -> np.dtype:
 
 
 def check_lowering(op: str, lowering: Any) -> str:
+    """'auto', 'autotune', a lowering's name, or 'name:variant' (which variants a spec allows is checked when
+    the lowering is selected: they depend on the convolution)."""
     if not isinstance(lowering, str):
         raise TypeError(f"{op}: lowering must be a string, but got {lowering!r} ({type(lowering).__name__})")
-    choices = ("auto",) + lowerings.NAMES
-    if lowering not in choices:
-        raise ValueError(f"{op}: unknown lowering={lowering!r}; expected one of {list(choices)}")
+    choices = ("auto", "autotune") + lowerings.NAMES
+    name, colon, variant = lowering.partition(":")
+    if name not in choices or (colon and (name in ("auto", "autotune") or not variant)):
+        raise ValueError(f"{op}: unknown lowering={lowering!r}; expected one of {list(choices)}, or "
+                         "'<lowering>:<variant>' with a variant jconv.explain lists")
     return lowering
 
 
@@ -385,7 +391,7 @@ def make_spec(
         in_spatial=tuple(layout.in_spatial), kernel_size=tuple(kernel_size), stride=stride_t, padding=pads,
         dilation=dilation_t, output_padding=output_padding_t, groups=groups, padding_mode=padding_mode, dtype=dtype,
         has_bias=bias_shape is not None, precision=precision, preferred_element_type=preferred_element_type,
-        lowering=lowering,
+        lowering=lowering.partition(":")[0], variant=lowering.partition(":")[2] or None,
     )
     _check_output_not_empty(spec)
     return spec

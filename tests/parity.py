@@ -36,7 +36,10 @@ def build_spec(case: Case, lowering: str, x, w, b):
 def accepted(case: Case, lowering: str, dtype=jnp.float64) -> bool:
     x, w, b = _as_jax(dtype, *case.arrays())
     spec = build_spec(case, lowering, x, w, b)
-    return dispatch.LOWERINGS[lowering].refusal(spec) is None if lowering != "auto" else True
+    if spec.lowering == "auto":
+        return True
+    module = dispatch.LOWERINGS[spec.lowering]
+    return module.refusal(spec) is None and (spec.variant is None or spec.variant in module.variants(spec))
 
 
 def _jconv_call(case: Case, lowering: str):

@@ -186,6 +186,7 @@ class _NonDeterministicXla:
     DETERMINISTIC = False
     refusal = staticmethod(dispatch.LOWERINGS["xla"].refusal)
     lower = staticmethod(dispatch.LOWERINGS["xla"].lower)
+    variants = staticmethod(dispatch.LOWERINGS["xla"].variants)
 
 
 def test_dispatch_refuses_non_deterministic_lowerings_in_the_mode(monkeypatch):

@@ -99,7 +99,7 @@ CONV_ERRORS = [
     ("padding_mode type", lambda: jconv.conv2d(x4, w2, groups=2, padding_mode=None), TypeError,
      r"padding_mode must be a string"),
     ("unknown lowering", lambda: jconv.conv2d(x4, w2, groups=2, lowering="fast"), ValueError,
-     r"conv2d: unknown lowering='fast'; expected one of \['auto', 'xla'"),
+     r"conv2d: unknown lowering='fast'; expected one of \['auto', 'autotune', 'xla'"),
     ("lowering type", lambda: jconv.conv2d(x4, w2, groups=2, lowering=1), TypeError, r"lowering must be a string"),
     ("bad precision", lambda: jconv.conv2d(x4, w2, groups=2, precision="ultra"), ValueError,
      r"conv2d: precision must be None"),

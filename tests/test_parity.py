@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import importlib
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -168,8 +166,8 @@ def test_grid_covers_every_form_of_the_taps_lowering():
                           "unrolled" if math.prod(spec.kernel_size) <= taps.MAX_UNROLLED_TAPS else "per-tap loop")
         weight_forms.add((taps.weight_grad_form(spec), max(spec.stride) > 1, case.batch > taps.SUMMED_BLOCKS))
     assert forward_forms == {"unrolled", "rows", "per-tap loop"}, forward_forms
-    assert {f[0] for f in weight_forms} == {"summed", "summed loop", "banded", "per-tap loop"}, weight_forms
-    assert ("per-tap loop", True, False) in weight_forms, weight_forms  # strided: the stride phases
+    assert {f[0] for f in weight_forms} == {"summed", "summed-loop", "banded", "per-tap-loop"}, weight_forms
+    assert ("per-tap-loop", True, False) in weight_forms, weight_forms  # strided: the stride phases
     assert ("summed", True, True) in weight_forms, weight_forms  # strided, batch cut into ragged blocks
 
 
@@ -315,37 +313,31 @@ def test_hypothesis_parity_float64(lowering):
     check()
 
 
-# Forms that hypothesis' small shapes would not reach, forced by setting a lowering module's attribute: rules by
-# which a lowering chooses between two forms by size (each form forced, also where the rule would not take it,
-# which runs autodiff through it), and im2col's chunk size (64 bytes: many chunks, a ragged last one, taps
-# reaching across chunk edges). Forward and gradients against torch.
-FORCED = {
-    # one matmul per output phase plus shifted sums, or one conv per phase (ungrouped transposed convs)
-    "phase.matmul_forward=True": ("phase", lambda spec: True, dict(transposed=True, groups=st.just(1))),
-    "phase.matmul_forward=False": ("phase", lambda spec: False, dict(transposed=True, groups=st.just(1))),
-    # channels-first: a batched matmul over samples, or one matmul over all of them
-    "matmul.per_sample=True": ("matmul", lambda spec: True, BIAS["matmul"]),
-    "matmul.per_sample=False": ("matmul", lambda spec: False, BIAS["matmul"]),
-    "im2col.CHUNK_BYTES=64": ("im2col", 64, BIAS["im2col"]),
+# Every named variant of a lowering (jconv.explain lists them), forced with lowering="<name>:<variant>" where
+# the lowering's variants(spec) lists it, also where its rule would not take it (which runs autodiff through it):
+# forward and gradients against torch. im2col's chunk-256B cuts even these small shapes into many chunks, a
+# ragged last one, with taps reaching across chunk edges.
+VARIANTS = {
+    "taps:summed": BIAS["taps"], "taps:summed-loop": dict(BIAS["taps"], unit_stride=True),
+    "taps:banded": dict(BIAS["taps"], ndims=(2, 3)), "taps:per-tap-loop": BIAS["taps"],
+    "phase:matmul-forward": dict(transposed=True, groups=st.just(1)),
+    "phase:gemm-grads": dict(transposed=True, groups=st.just(1)), "phase:autodiff": dict(transposed=True),
+    "matmul:per-sample": dict(BIAS["matmul"], channels_last=False),
+    "matmul:one-matmul": dict(BIAS["matmul"], channels_last=False),
+    "grouped:merge-1": BIAS["grouped"], "grouped:merge-2": dict(BIAS["grouped"], groups=st.sampled_from([2, 4])),
+    "im2col:chunk-256B": BIAS["im2col"],
 }
 
 
-@pytest.mark.parametrize("forced", FORCED)
-def test_hypothesis_forced_forms_float64(forced, monkeypatch):
-    module_name, name = forced.split("=")[0].split(".")
-    lowering, value, bias = FORCED[forced]
-    monkeypatch.setattr(importlib.import_module(f"jconv.lowerings.{module_name}"), name, value)
-    jax.clear_caches()  # no jaxpr traced under another form may be reused
-
-    @given(case=cases(**bias), seed=st.integers(0, 2**16))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hypothesis_variants_float64(variant):
+    @settings(max_examples=12)
+    @given(case=cases(**VARIANTS[variant]), seed=st.integers(0, 2**16))
     def check(case, seed):
-        assume(accepted(case, lowering))
-        assert_parity(case, lowering, seed=seed)
+        assume(accepted(case, variant))
+        assert_parity(case, variant, seed=seed)
 
-    try:
-        check()
-    finally:
-        jax.clear_caches()
+    check()
 
 
 # Complex convolutions, as torch.nn.functional takes them: forward and gradients against torch in complex128, for

@@ -6,6 +6,9 @@ Every lowering module has the same interface:
     DETERMINISTIC: bool             bitwise-reproducible on every platform it runs on (all of today's are;
                                     deterministic mode's filter in dispatch is there for one that is not)
     refusal(spec) -> str | None     why it cannot handle the spec; None if it can
+    variants(spec) -> tuple[str]    the named forms it can take for the spec, the one its rule picks first;
+                                    spec.variant says which runs (None: the first)
+    tuning_refusal(spec)            optional: why autotune should not time it for the spec (None: it should)
     lower(spec, x, w) -> y          x batched, in the spec's layout, already padded for non-zero padding modes
                                     (zeros padding is the lowering's job, from spec.lowering_padding); w in
                                     PyTorch's layout; y batched, in the spec's layout, without bias

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,10 @@ from jconv.spec import ConvSpec
 
 NAME = "dilated"
 DETERMINISTIC = True  # reshapes around whichever deterministic lowering runs the inner conv
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    return ("default",)
 
 
 def refusal(spec: ConvSpec) -> Optional[str]:

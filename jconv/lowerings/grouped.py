@@ -9,7 +9,7 @@ does not help: JAX's batching rule turns it back into feature_group_count.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -45,12 +45,26 @@ MERGED_IN_CHANNELS = 32
 
 
 def groups_per_conv(spec: ConvSpec) -> int:
-    """How many groups one dense conv of the weight gradient computes: the largest divisor of groups within the
-    merge budget."""
+    """The rule: how many groups one dense conv of the weight gradient computes, the largest divisor of groups
+    within the merge budget."""
     if spec.in_per_group > MERGE_MAX_IN_PER_GROUP:
         return 1
     budget = MERGED_IN_CHANNELS // spec.in_per_group  # >= 4: in_per_group <= MERGE_MAX_IN_PER_GROUP
     return max(m for m in range(1, min(budget, spec.groups) + 1) if spec.groups % m == 0)
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    """"merge-m": m groups per dense conv of the weight gradient, for every divisor m of groups whose merged
+    conv has at most twice the rule's budget of input channels (the zeros it adds grow with m); the rule's
+    first."""
+    rule = groups_per_conv(spec)
+    possible = [m for m in range(1, spec.groups + 1)
+                if spec.groups % m == 0 and m * spec.in_per_group <= 2 * MERGED_IN_CHANNELS]
+    return tuple(f"merge-{m}" for m in [rule, *(m for m in possible if m != rule)])
+
+
+def _merged(spec: ConvSpec) -> int:
+    return int((spec.variant or variants(spec)[0]).removeprefix("merge-"))
 
 
 def dense_convs(spec: ConvSpec, x: jax.Array, w: jax.Array, merged: int = 1) -> jax.Array:
@@ -80,10 +94,10 @@ def dense_convs(spec: ConvSpec, x: jax.Array, w: jax.Array, merged: int = 1) -> 
 # dense_convs). Forward mode gets the merged conv of x itself, exact for finite x only (docs/semantics.md,
 # "Non-finite values").
 _with_merged_weight_gradient = with_weight_tangent(
-    dense_convs, lambda spec, x, tw: dense_convs(spec, x, tw, merged=groups_per_conv(spec)))
+    dense_convs, lambda spec, x, tw: dense_convs(spec, x, tw, merged=_merged(spec)))
 
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    if groups_per_conv(spec) == 1:
+    if _merged(spec) == 1:
         return dense_convs(spec, x, w)
     return _with_merged_weight_gradient(spec, x, w)

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,13 @@ from jconv.spec import ConvSpec
 
 NAME = "im2col"
 DETERMINISTIC = True  # lax's convolutions and a fixed loop of matmuls
-CHUNK_BYTES = 4 << 20  # one chunk's columns: the measured best (docs/lowerings.md, "im2col")
+# Bytes of one chunk's columns, by variant: 4 MiB measured best (docs/lowerings.md, "im2col"); 256 bytes is
+# one or a few rows per chunk, the least memory.
+CHUNK_BYTES = {"chunk-4MiB": 4 << 20, "chunk-1MiB": 1 << 20, "chunk-16MiB": 16 << 20, "chunk-256B": 256}
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    return tuple(CHUNK_BYTES)
 
 
 def refusal(spec: ConvSpec) -> Optional[str]:
@@ -67,7 +73,8 @@ def chunked_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     # Half-precision operands are widened: the transposed loop sums the chunks' weight gradients in the weight's
     # dtype, float32 here, as PyTorch accumulates them.
     acc = accumulation_dtype(spec)
-    chunk = max(1, min(rows, CHUNK_BYTES // max(1, n * taps * cin * jnp.dtype(acc).itemsize)))
+    chunk_bytes = CHUNK_BYTES[spec.variant or variants(spec)[0]]
+    chunk = max(1, min(rows, chunk_bytes // max(1, n * taps * cin * jnp.dtype(acc).itemsize)))
     chunks = -(-rows // chunk)
     # Rows past the end of each sample: the last chunk's and the largest offset's reach.
     xf = jnp.pad(xp.reshape(n, rows, cin), ((0, 0), (0, chunks * chunk - rows + offsets[-1]), (0, 0)))

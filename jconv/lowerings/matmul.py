@@ -8,7 +8,7 @@ taken per sample where that avoids transposing copies of the input and output (`
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +42,18 @@ PER_SAMPLE_MAX_MACS = 2**22
 
 
 def per_sample(spec: ConvSpec) -> bool:
-    """Whether the channels-first product is a batched matmul over samples (see above) rather than one matmul."""
+    """The rule: whether the channels-first product is a batched matmul over samples (see above) rather than one
+    matmul."""
     positions = math.prod(spec.out_spatial)
     macs = spec.batch * spec.in_channels * spec.out_channels * positions
     return positions >= PER_SAMPLE_MIN_POSITIONS or macs <= PER_SAMPLE_MAX_MACS
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    """Channels-first: "per-sample" or "one-matmul", the rule's first; channels-last has one form."""
+    if spec.channels_last:
+        return ("einsum",)
+    return ("per-sample", "one-matmul") if per_sample(spec) else ("one-matmul", "per-sample")
 
 
 def _batch_sharding(x: jax.Array):
@@ -70,7 +78,7 @@ def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     else:
         batch, spatial = xs.shape[0], xs.shape[2:]
         x3 = xs.reshape(batch, spec.in_channels, math.prod(spatial))
-        if per_sample(spec):
+        if (spec.variant or variants(spec)[0]) == "per-sample":
             # The weight gradient sums the per-sample products over the batch (the broadcast's transpose), in
             # the dtype they come out in: for half types, float32 operands keep that sum in float32.
             acc = accumulation_dtype(spec)

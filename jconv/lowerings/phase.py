@@ -91,7 +91,8 @@ def axis_phases(size: int, k: int, s: int, d: int, p: int, out: int) -> Tuple[Op
 
 def forward(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     """The transposed conv's output, phase by phase."""
-    return phases_by_matmul(spec, x, w) if matmul_forward(spec) else phases_by_conv(spec, x, w)
+    form = spec.variant or variants(spec)[0]
+    return phases_by_matmul(spec, x, w) if form == "matmul-forward" else phases_by_conv(spec, x, w)
 
 
 def phases_by_conv(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
@@ -347,7 +348,8 @@ _with_gemm_grads = with_tangent_terms(forward, _gemm_tangent_terms)
 
 
 def _fast(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return _with_gemm_grads(spec, x, w) if gemm_grads(spec) else forward(spec, x, w)
+    form = spec.variant or variants(spec)[0]
+    return _with_gemm_grads(spec, x, w) if form != "autodiff" else forward(spec, x, w)
 
 
 # The phase convs pad their windows: a NaN or inf weight would meet those zeros (docs/semantics.md, "Non-finite
@@ -356,5 +358,16 @@ def _fast(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
 _with_exact_fallback = with_exact_fallback(_fast, xla.lower, guard_input=False)
 
 
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    """"matmul-forward" (with the matmul gradients), "gemm-grads" (phase convs, matmul gradients) or "autodiff"
+    (phase convs and their autodiff), the rules' choice (matmul_forward, gemm_grads) first; the matmul forms
+    are ungrouped only (see gemm_grads)."""
+    rule = "matmul-forward" if matmul_forward(spec) else "gemm-grads" if gemm_grads(spec) else "autodiff"
+    possible = ("matmul-forward", "gemm-grads", "autodiff") if spec.groups == 1 else ("autodiff",)
+    return (rule, *(v for v in possible if v != rule))
+
+
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    return _fast(spec, x, w) if matmul_forward(spec) else _with_exact_fallback(spec, x, w)
+    form = spec.variant or variants(spec)[0]
+    # The inner phase convs read the form from the spec, through forward and _fast.
+    return _fast(spec, x, w) if form == "matmul-forward" else _with_exact_fallback(spec, x, w)

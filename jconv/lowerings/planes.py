@@ -18,7 +18,7 @@ shards into an XLA SPMD bug that returns wrong weight gradients (docs/devices.md
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,10 @@ from jconv.spec import ConvSpec
 
 NAME = "planes"
 DETERMINISTIC = True  # slices and reshapes around a deterministic 2-D lowering
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    return ("default",)
 
 
 def refusal(spec: ConvSpec) -> Optional[str]:

@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -141,7 +141,7 @@ SUMMED_UNROLLED_TAPS = 27
 
 
 def weight_grad_form(spec: ConvSpec) -> str:
-    """How the weight gradient is computed: "summed" (unrolled), "summed loop", "banded" or "per-tap loop".
+    """The rule for the weight gradient's form: "summed" (unrolled), "summed-loop", "banded" or "per-tap-loop".
 
     The summed form beat the per-tap loop except on strided kernels of many taps; the loop form beat the unrolled
     one at stride 1 from 5x5 up (docs/lowerings.md, "taps", for the measurements and their caveat: they were
@@ -152,10 +152,25 @@ def weight_grad_form(spec: ConvSpec) -> str:
         return "banded"
     taps, stride_1 = math.prod(spec.kernel_size), max(spec.stride) == 1
     if spec.ndim >= 2 and stride_1 and taps > SUMMED_LOOP_MIN_TAPS and spec.kernel_size[-1] <= MAX_UNROLLED_TAPS:
-        return "summed loop"
+        return "summed-loop"
     if taps <= SUMMED_UNROLLED_TAPS or (spec.ndim == 1 and stride_1 and taps <= MAX_UNROLLED_TAPS):
         return "summed"
-    return "per-tap loop"
+    return "per-tap-loop"
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    """The weight-gradient forms that can run for `spec`, weight_grad_form's choice first: each form's limits
+    are what it unrolls (compile time), the loop form's stride 1, and banded's unsliceable sharded batch."""
+    taps, lead_taps = math.prod(spec.kernel_size), math.prod(spec.kernel_size[:-1])
+    row_fits = spec.ndim >= 2 and spec.kernel_size[-1] <= MAX_UNROLLED_TAPS
+    possible = {
+        "summed": taps <= MAX_UNROLLED_TAPS,
+        "summed-loop": row_fits and max(spec.stride) == 1,
+        "banded": row_fits and lead_taps <= MAX_UNROLLED_TAPS and "batch" not in spec.explicit_sharding,
+        "per-tap-loop": True,
+    }
+    rule = weight_grad_form(spec)
+    return (rule, *(form for form, ok in possible.items() if ok and form != rule))
 
 
 def _out_shape(spec: ConvSpec, x: jax.Array) -> list:
@@ -507,8 +522,8 @@ def _tangent_terms(spec, x, w, tx, tw):
 
     fast_grad_input = lambda g: grad_input(spec, w, g).astype(x.dtype)
     parts, direct = [(tx, exact_for_nonfinite(fast_grad_input, exact_grad_input, w))], []
-    form = weight_grad_form(spec)
-    if form == "per-tap loop":
+    form = spec.variant or weight_grad_form(spec)
+    if form == "per-tap-loop":
         # conv is linear in w: the tangent is conv(x, tw). In the loop form, its transpose is one
         # reduction per tap, one after another.
         if not isinstance(tw, SymbolicZero):
@@ -516,7 +531,7 @@ def _tangent_terms(spec, x, w, tx, tw):
     else:
         # The tangent map whose transpose is the weight gradient in its chosen form.
         grad_weight = grad_weight_banded if form == "banded" else functools.partial(
-            grad_weight_summed, loop=form == "summed loop")
+            grad_weight_summed, loop=form == "summed-loop")
         parts.append((tw, lambda g: grad_weight(spec, x, g).astype(w.dtype)))
     return parts, direct
 

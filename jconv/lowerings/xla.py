@@ -13,7 +13,7 @@ mode transposes that tangent into the fast weight gradient, and forward mode sti
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 from jax import lax
@@ -27,6 +27,10 @@ NAME = "xla"
 # XLA's convolutions are deterministic on CPU; on GPU, cuDNN autotuning may pick non-deterministic
 # algorithms unless jconv's deterministic mode sets XLA's flags (see jconv.determinism).
 DETERMINISTIC = True
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    return ("default",)
 
 
 def refusal(spec: ConvSpec) -> Optional[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,29 @@ class BlockSizes:
     block_c: int = 32
     num_warps: int = 4
     num_stages: int = 2
+
+
+# Named block sizes, the untuned default first: the variants autotune measures on a GPU.
+BLOCK_SIZES = {
+    "bh8-bc32": BlockSizes(8, 32),
+    "bh4-bc64": BlockSizes(4, 64),
+    "bh16-bc16": BlockSizes(16, 16),
+    "bh2-bc128": BlockSizes(2, 128),
+}
+
+
+def variants(spec: ConvSpec) -> Tuple[str, ...]:
+    return tuple(BLOCK_SIZES)
+
+
+def tuning_refusal(spec: ConvSpec) -> Optional[str]:
+    """Why autotune does not time this lowering for `spec`: off a GPU the kernels run in interpret mode, a
+    correctness check that is never fast."""
+    return None if not _interpret(spec) else "runs in Pallas interpret mode off a GPU: for testing, never fast"
+
+
+def _blocks(spec: ConvSpec) -> BlockSizes:
+    return BLOCK_SIZES[spec.variant or variants(spec)[0]]
 
 
 def _pow2(n: int) -> int:
@@ -239,7 +262,7 @@ def _forward(spec: ConvSpec, x, w):
     kernel, stride, dilation, pads = _geometry(spec)
     xh = _expand(spec, _to_nhwc(spec, x))
     xh = jnp.pad(xh, [(0, 0), *pads, (0, 0)])
-    y = depthwise_stride1(xh, _weights_hwc(spec, w), dilation, interpret=_interpret(spec),
+    y = depthwise_stride1(xh, _weights_hwc(spec, w), dilation, _blocks(spec), interpret=_interpret(spec),
                           out_dtype=output_dtype(spec))
     out = spec.out_spatial if spec.ndim == 2 else (1, *spec.out_spatial)
     y = y[:, ::stride[0], ::stride[1]][:, :out[0], :out[1]]
@@ -254,7 +277,8 @@ def _grad_input(spec: ConvSpec, w, g):
     config = [(0, 0, 0), *rows, *input_grad_dilation(spec), (0, 0, 0)]
     g_dilated = jax.lax.pad(gh, jnp.zeros((), gh.dtype), config)
     flipped = _weights_hwc(spec, w)[::-1, ::-1]
-    gx = depthwise_stride1(g_dilated, flipped.astype(g_dilated.dtype), dilation, interpret=_interpret(spec))
+    gx = depthwise_stride1(g_dilated, flipped.astype(g_dilated.dtype), dilation, _blocks(spec),
+                           interpret=_interpret(spec))
     multiplier = spec.channel_multiplier
     if multiplier > 1:
         gx = gx.reshape(*gx.shape[:-1], spec.in_channels, multiplier).sum(-1)
@@ -269,7 +293,7 @@ def _grad_weight(spec: ConvSpec, x, g):
     if any(s > 1 for s in stride):  # scatter the strided gradient onto the stride-1 output grid
         config = [(0, 0, 0)] + [(0, 0, s - 1) for s in stride] + [(0, 0, 0)]
         gh = jax.lax.pad(gh, jnp.zeros((), gh.dtype), config)
-    dw = depthwise_weight_grad(xh, gh, kernel, dilation, interpret=_interpret(spec))  # (KH, KW, C_out)
+    dw = depthwise_weight_grad(xh, gh, kernel, dilation, _blocks(spec), interpret=_interpret(spec))  # (KH, KW, C_out)
     return jnp.moveaxis(dw, -1, 0).reshape(spec.out_channels, 1, *spec.kernel_size)
 
 
