@@ -83,7 +83,8 @@ def markdown(report: dict) -> str:
              f"median {np.median([r['tune_s'] for r in rows]):.1f}, max {max(r['tune_s'] for r in rows):.1f}, "
              f"total {total:.0f} for {len(rows)} layers. The ms columns are autotune's own medians "
              "(forward+backward) from the tuning rounds.", "",
-             "| layer | tune s | candidates | rules pick | autotune picks | rules ms | autotune ms | lax ms | dropped |",
+             "| layer | tune s | candidates | rules pick | autotune picks | rules ms | autotune ms | lax ms "
+             "| dropped |",
              "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"
     for r in rows:

@@ -207,15 +207,15 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: Union
     """lax.conv_general_dilated, with its signature, argument forms, results and errors, lowered by jconv.
 
     Pass it where lax's is taken: `flax.nnx.Conv(..., conv_general_dilated=jconv.conv_general_dilated)`, or
-    `flax.linen.Conv(..., conv_general_dilated=jconv.conv_general_dilated)`. `lowering` is jconv's own: 'auto'
-    or a name from jconv.LOWERING_NAMES (functools.partial fixes it for a module); a named lowering that cannot
-    take the call raises a ValueError, as in jconv's other functions. `jconv.lax_api.plan(...)` with
-    the same arguments says what runs.
+    `flax.linen.Conv(..., conv_general_dilated=jconv.conv_general_dilated)`. `lowering` is jconv's own: 'auto',
+    'autotune', or a name from jconv.LOWERING_NAMES (functools.partial fixes it for a module); a named lowering
+    that cannot take the call raises a ValueError, as in jconv's other functions. `jconv.lax_api.plan(...)` with the
+    same arguments says what runs.
     """
     outcome = plan(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                    feature_group_count, batch_group_count, precision, preferred_element_type, out_sharding,
                    lowering=lowering)
-    if isinstance(outcome, str) and lowering not in ("auto", xla.NAME):
+    if isinstance(outcome, str) and lowering.partition(":")[0] not in ("auto", "autotune", xla.NAME):
         raise ValueError(f"{OP}: lowering={lowering!r} cannot handle this call, which runs lax itself: {outcome}")
     if isinstance(outcome, str) or _runs_lax_itself(outcome.spec):
         extra = {} if out_sharding is None else dict(out_sharding=out_sharding)

@@ -41,11 +41,15 @@ CACHE_FILE = "autotune-v1.json"
 MODES = ("train", "forward")
 DEFAULT_BUDGET_S = 20.0  # per spec: a ceiling on the timing rounds, not counting the first run of each candidate
 
-# Timing: at least MIN_ROUNDS round-robin runs per candidate, at most MAX_ROUNDS; after the first round a
-# candidate slower than the fastest by PRUNE_FACTOR cannot win within the VM's noise and is not run again; the
-# rounds stop early once the fastest candidate's slowest run beats every other's median (docs/autotune.md).
-MIN_ROUNDS = 3
-MAX_ROUNDS = 9
+# Timing: at least MIN_ROUNDS round-robin samples per candidate, at most MAX_ROUNDS; a sample is the mean of
+# enough back-to-back runs to last about SAMPLE_S (at most MAX_REPS), so that sub-millisecond candidates are not
+# ranked by timer and scheduler noise; after the first round a candidate slower than the fastest by PRUNE_FACTOR
+# cannot win within the VM's noise and is not run again; the rounds stop early once the fastest candidate's
+# slowest sample beats every other's median (docs/autotune.md).
+MIN_ROUNDS = 5
+MAX_ROUNDS = 15
+SAMPLE_S = 0.02
+MAX_REPS = 64
 PRUNE_FACTOR = 2.0
 
 # Norm-wise relative error to lax's results beyond which a candidate is wrong, by dtype: a few times the error
@@ -382,13 +386,17 @@ def _measure(spec, candidates, lower, mode, budget_s, reference) -> Optional[Ent
                 dropped[label] = f"differs from lax: relative error {max(errors):.2e} > {tolerance:.0e}"
                 del programs[label]
     times: Dict[str, List[float]] = {label: [] for label in programs}
+    reps = {label: max(1, min(MAX_REPS, round(SAMPLE_S / max(first[label], 1e-9)))) for label in programs}
     live = list(programs)
     timing_start = time.perf_counter()
     for round_ in range(MAX_ROUNDS if live else 0):
         for label in live:
+            program = programs[label][0]
             t0 = time.perf_counter()
-            _block(programs[label][0](x, w, g))
-            times[label].append(time.perf_counter() - t0)
+            for _ in range(reps[label]):
+                outputs = program(x, w, g)
+            _block(outputs)
+            times[label].append((time.perf_counter() - t0) / reps[label])
         fastest = min(min(times[label]) for label in live)
         live = [label for label in live if min(times[label]) <= PRUNE_FACTOR * fastest]
         if round_ + 1 >= MIN_ROUNDS:

@@ -105,3 +105,24 @@ def test_sweep_plot(tmp_path):
             enumerate([("taps", 0.1), ("phase", 0.5), ("matmul", 1.2)])]
     assert sweep.plot(dict(platform="cpu", seed=0, date="today", rows=rows), str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_autotune_sweep_table_flags_rows_off_lax_and_off_the_best():
+    """sweep.py --autotune: a row over 1.05x lax or over 1.05x the best candidate timed beside it is flagged, and
+    the tuning seconds are summarized."""
+    import jax
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import sweep
+
+    row = dict(layer="0_depthwise float32 NCHW", fn="conv2d", input=(1, 8, 4, 4), weight=(8, 1, 3, 3), options={},
+               lowering="taps:summed", auto_ms=1.2, lax_ms=1.0, ratio=1.2, best_ms=1.0, best_ratio=1.2,
+               runners_up={"taps:per-tap-loop": 1.0}, tuning_s=4.0, candidates=6)
+    fast = dict(row, auto_ms=0.5, ratio=0.5, best_ms=0.5, best_ratio=1.0, tuning_s=2.0)
+    report = dict(platform="cpu", jax=jax.__version__, date="today", command="c", machine="m", cpus=2, seed=0,
+                  rows=[row, fast], autotune=True)
+    table = sweep.markdown(report)
+    assert "| 1.20 **slower** | 1.20 **off best** | taps:summed (6) | 4.0 |" in table
+    assert "| 0.50 | 1.00 | taps:summed (6) | 2.0 |" in table
+    assert "Over 1.05x lax: 1. Over 1.05x the best timed here (auto, lax or a runner-up): 1." in table
+    assert "median 3.0, min 2.0, max 4.0, total 6" in table

@@ -17,6 +17,7 @@ import pytest
 from jax import export
 
 import jconv
+from jconv.lowerings.pallas.depthwise import BLOCK_SIZES
 from parity import accepted, jconv_fn, to_layout
 from test_parity import GRID, LOWERINGS
 
@@ -140,6 +141,16 @@ def test_pallas_kernels_lower_to_triton_for_cuda(layer, dtype):
         grad = jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32)), argnums=argnum)
         assert module(grad, "cuda", x, w).count(TRITON) == 1, f"gradient {argnum}"
     assert TRITON not in module(f, "cpu", x, w)
+
+
+@pytest.mark.parametrize("variant", list(BLOCK_SIZES))
+def test_every_pallas_block_size_variant_lowers_to_triton_for_cuda(variant):
+    """The block sizes autotune times on a GPU: each builds its three kernels for cuda (ConvNeXt 7x7, bfloat16)."""
+    _, fn, xs, ws, kw = PALLAS_LAYERS[0]
+    x, w = jax.ShapeDtypeStruct(xs, jnp.bfloat16), jax.ShapeDtypeStruct(ws, jnp.bfloat16)
+    f = lambda x, w: fn(x, w, lowering=f"pallas:{variant}", **kw)  # noqa: E731
+    grads = jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32)), argnums=(0, 1))
+    assert module(f, "cuda", x, w).count(TRITON) == 1 and module(grads, "cuda", x, w).count(TRITON) == 2
 
 
 def test_explain_takes_jaxs_platform_names():

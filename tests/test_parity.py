@@ -331,7 +331,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hypothesis_variants_float64(variant):
-    @settings(max_examples=12)
+    @settings(max_examples=8)
     @given(case=cases(**VARIANTS[variant]), seed=st.integers(0, 2**16))
     def check(case, seed):
         assume(accepted(case, variant))

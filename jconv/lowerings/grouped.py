@@ -54,13 +54,14 @@ def groups_per_conv(spec: ConvSpec) -> int:
 
 
 def variants(spec: ConvSpec) -> Tuple[str, ...]:
-    """"merge-m": m groups per dense conv of the weight gradient, for every divisor m of groups whose merged
-    conv has at most twice the rule's budget of input channels (the zeros it adds grow with m); the rule's
-    first."""
+    """"merge-m": m groups per dense conv of the weight gradient; the rule's m first, then one group per conv,
+    and half and twice the rule's m where they divide the groups (each variant compiles its own set of convs, so
+    autotune times a few around the rule, not every divisor)."""
     rule = groups_per_conv(spec)
-    possible = [m for m in range(1, spec.groups + 1)
-                if spec.groups % m == 0 and m * spec.in_per_group <= 2 * MERGED_IN_CHANNELS]
-    return tuple(f"merge-{m}" for m in [rule, *(m for m in possible if m != rule)])
+    nearby = [1, rule // 2, rule * 2] if rule % 2 == 0 else [1, rule * 2]
+    possible = [m for m in nearby
+                if m >= 1 and spec.groups % m == 0 and m * spec.in_per_group <= 2 * MERGED_IN_CHANNELS]
+    return tuple(f"merge-{m}" for m in dict.fromkeys([rule, *possible]))
 
 
 def _merged(spec: ConvSpec) -> int:
