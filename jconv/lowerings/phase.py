@@ -369,5 +369,5 @@ def variants(spec: ConvSpec) -> Tuple[str, ...]:
 
 def lower(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     form = spec.variant or variants(spec)[0]
-    # The inner phase convs read the form from the spec, through forward and _fast.
+    # forward and _fast read the same form from the spec; only the conv-per-phase forms need the guard.
     return _fast(spec, x, w) if form == "matmul-forward" else _with_exact_fallback(spec, x, w)
