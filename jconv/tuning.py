@@ -349,7 +349,7 @@ def measure(spec: ConvSpec, candidates: Sequence[Tuple[str, str]], lower: Callab
             mode: str, budget_s: float, reference: Tuple[str, str]) -> Optional[Entry]:
     """Time `candidates` ((lowering, variant) pairs) on the default device; lower(name, variant) gives the
     function (spec, x, w) -> y to run; `reference` is the candidate whose results the others must match. None
-    when every candidate failed."""
+    when lax's own convolution, the reference, failed."""
     # Dispatch runs while the caller's function is traced: without this, the random inputs below would be
     # staged into that trace as tracers instead of being computed.
     with jax.ensure_compile_time_eval():
@@ -377,14 +377,18 @@ def _measure(spec, candidates, lower, mode, budget_s, reference) -> Optional[Ent
             continue
         programs[label] = (program, outputs)
     reference_label = f"{reference[0]}:{reference[1]}"
-    if reference_label in programs:
-        expected = programs[reference_label][1]
-        tolerance = TOLERANCE.get(jnp.dtype(spec.preferred_element_type or spec.dtype).name, 1e-4)
-        for label in list(programs):
-            errors = [_relative_error(a, b) for a, b in zip(programs[label][1], expected)]
-            if not all(math.isfinite(e) and e <= tolerance for e in errors):
-                dropped[label] = f"differs from lax: relative error {max(errors):.2e} > {tolerance:.0e}"
-                del programs[label]
+    if reference_label not in programs:
+        # Nothing to check the others against: none of them may be chosen unverified.
+        logger.warning("jconv autotune: lax's convolution failed for %s (%s); the rules decide",
+                       spec.describe(), dropped.get(reference_label))
+        return None
+    expected = programs[reference_label][1]
+    tolerance = TOLERANCE.get(jnp.dtype(spec.preferred_element_type or spec.dtype).name, 1e-4)
+    for label in list(programs):
+        errors = [_relative_error(a, b) for a, b in zip(programs[label][1], expected)]
+        if not all(math.isfinite(e) and e <= tolerance for e in errors):
+            dropped[label] = f"differs from lax: relative error {max(errors):.2e} > {tolerance:.0e}"
+            del programs[label]
     times: Dict[str, List[float]] = {label: [] for label in programs}
     reps = {label: max(1, min(MAX_REPS, round(SAMPLE_S / max(first[label], 1e-9)))) for label in programs}
     live = list(programs)
@@ -406,11 +410,8 @@ def _measure(spec, candidates, lower, mode, budget_s, reference) -> Optional[Ent
                 break
         if time.perf_counter() - timing_start > budget_s:
             break
-    if not times:
-        logger.warning("jconv autotune: every candidate failed for %s: %s", spec.describe(), dropped)
-        return None
     medians = {label: statistics.median(t) for label, t in times.items() if t}
-    best = min(medians, key=medians.get)
+    best = min(live, key=medians.get)  # pruned candidates were at least PRUNE_FACTOR slower
     name, variant = best.split(":", 1)
     return Entry(name, variant, medians[best], medians.get(reference_label), medians, dropped,
                  time.perf_counter() - start)
@@ -490,6 +491,8 @@ def tuning_spec(spec: ConvSpec) -> ConvSpec:
 
 
 _MEASURED = "measured in this process"
+_UNVERIFIABLE = "autotune: lax's convolution failed, so no candidate could be checked (logged)"
+_unverifiable: set = set()  # (cache file, key) of specs whose measurement had no reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,6 +510,8 @@ def decide(spec: ConvSpec, platform: str, local_platform: str, deterministic: bo
     entry = lookup(key)
     if entry is not None:
         return Decision(entry, f"autotune ({mode}): {'from the cache' if entry.source == 'cache' else _MEASURED}")
+    if (cache_path(), key) in _unverifiable:
+        return Decision(None, _UNVERIFIABLE)
     if deterministic:
         return Decision(None, "autotune: no cache entry, and deterministic mode never measures")
     if platform != local_platform:
@@ -517,7 +522,8 @@ def decide(spec: ConvSpec, platform: str, local_platform: str, deterministic: bo
         return Decision(None, "autotune: one candidate, nothing to measure")
     entry = measure(tuned, candidates, lower, mode, _state["budget_s"] or DEFAULT_BUDGET_S, reference)
     if entry is None:
-        return Decision(None, "autotune: every candidate failed (logged)")
+        _unverifiable.add((cache_path(), key))  # measured once per process, not on every trace
+        return Decision(None, _UNVERIFIABLE)
     record(key, entry)
     lax_time = f", lax {entry.lax_time_s * 1e3:.3g} ms" if entry.lax_time_s else ""
     logger.info("jconv autotune: %s: %d candidates (%d dropped) in %.1f s -> %s:%s %.3g ms%s", tuned.describe(),

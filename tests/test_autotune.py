@@ -123,6 +123,21 @@ def test_broken_candidates_are_dropped_with_their_reason(cache_dir, monkeypatch)
     assert listed["taps:summed"].refusal == dropped["taps:summed"]
 
 
+def test_without_lax_as_reference_nothing_is_chosen_unverified(cache_dir, monkeypatch):
+    right = dispatch._candidate_lowering
+
+    def raises(spec, x, w):
+        raise MemoryError("lax's convolution ran out of memory")
+
+    monkeypatch.setattr(dispatch, "_candidate_lowering", lambda name, variant: raises if name == "xla" else
+                        right(name, variant))
+    jconv.conv1d(X, W, **KW)
+    choice = jconv.explain(jconv.conv1d, X, W, **KW)
+    assert choice.entry is None and choice.lowering == "taps"  # the rules
+    assert choice.reason.startswith("autotune: lax's convolution failed, so no candidate could be checked")
+    assert not os.path.exists(cache_dir / tuning.CACHE_FILE)
+
+
 def test_corrupt_cache_file_warns_and_is_ignored(cache_dir):
     path = cache_dir / tuning.CACHE_FILE
     path.write_text("{ not json")
