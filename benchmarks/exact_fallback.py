@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from jconv.lowerings import phase, xla  # noqa: E402
 from jconv.lowerings.common import with_exact_fallback  # noqa: E402
-from run import interleaved_medians, jax_pair, jax_sync, jconv_spec, make_arrays  # noqa: E402
+from run import interleaved_pairs, jconv_spec, make_arrays  # noqa: E402
 from suites import SUITES  # noqa: E402
 
 
@@ -36,11 +36,8 @@ def main():
     for case in (c for c in SUITES["cpu"] if c.transposed):
         x, w = make_arrays(case, rng)
         spec = jconv_spec(case, x, w)
-        calls = {}
-        for name, f in (("fast", lambda x, w: phase._fast(spec, x, w)), ("guarded", lambda x, w: guarded(spec, x, w))):
-            fwd, fb, _, _ = jax_pair(f, x, w)
-            calls[name, "fwd"], calls[name, "fb"] = (fwd, jax_sync), (fb, jax_sync)
-        t = interleaved_medians(calls, rounds=args.rounds)
+        t = interleaved_pairs({"fast": lambda x, w: phase._fast(spec, x, w),
+                               "guarded": lambda x, w: guarded(spec, x, w)}, x, w, args.rounds)
         cell = lambda k: t[k].ms()
         form = "matmul" if phase.matmul_forward(spec) else "conv"
         print(f"| {case.label()} | {form} | {cell(('fast', 'fwd'))} | {cell(('guarded', 'fwd'))} | "

@@ -25,7 +25,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jconv  # noqa: E402
 from jconv import dispatch, lax_api  # noqa: E402
-from run import host_cpu, interleaved_medians, jax_pair, jax_sync  # noqa: E402
+from run import host_cpu, interleaved_pairs  # noqa: E402
 
 
 class Layer(NamedTuple):
@@ -108,12 +108,9 @@ def main():
             continue
         x = jnp.asarray(rng.standard_normal(layer.input_shape), jnp.float32)
         params = parameters(layer)
-        calls = {}
-        for who, conv in (("flax", None), ("jconv", jconv.conv_transpose if layer.transposed else
-                                          jconv.conv_general_dilated)):
-            fwd, fb, _, _ = jax_pair(module_call(layer, conv), x, params)
-            calls[who, "fwd"], calls[who, "fb"] = (fwd, jax_sync), (fb, jax_sync)
-        t = interleaved_medians(calls, rounds=args.rounds)
+        jconv_conv = jconv.conv_transpose if layer.transposed else jconv.conv_general_dilated
+        t = interleaved_pairs({"flax": module_call(layer, None), "jconv": module_call(layer, jconv_conv)}, x, params,
+                              args.rounds)
         cell = lambda k: f"{t[k].median * 1e3:.2f} [{t[k].q1 * 1e3:.2f}-{t[k].q3 * 1e3:.2f}]"
         ratio = lambda kind: f"{t['flax', kind].median / t['jconv', kind].median:.2f}x"
         print(f"| {layer.name} | {jconv_lowering(layer, x, params)} | {cell(('flax', 'fwd'))} | "

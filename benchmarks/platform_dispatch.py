@@ -22,7 +22,7 @@ import numpy as np
 import jconv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import interleaved_medians, jax_pair, jax_sync, jconv_spec, make_arrays  # noqa: E402
+from run import interleaved_pairs, jconv_spec, make_arrays  # noqa: E402
 from suites import SUITES  # noqa: E402
 
 
@@ -41,12 +41,9 @@ def main():
         if named == "xla":  # one branch for every platform: nothing to compare
             continue
         fn = getattr(jconv, case.fn)
-        calls = {}
-        for key, lowering in (("named", named), ("auto", "auto")):
-            f = functools.partial(fn, channels_last=case.channels_last, lowering=lowering, **case.options)
-            fwd, fb, _, _ = jax_pair(lambda x, w, f=f: f(x, w), x, w)
-            calls[key, "fwd"], calls[key, "fb"] = (fwd, jax_sync), (fb, jax_sync)
-        t = interleaved_medians(calls, rounds=args.rounds)
+        functions = {key: functools.partial(fn, channels_last=case.channels_last, lowering=lowering, **case.options)
+                     for key, lowering in (("named", named), ("auto", "auto"))}
+        t = interleaved_pairs({key: lambda x, w, f=f: f(x, w) for key, f in functions.items()}, x, w, args.rounds)
         cell = lambda k: t[k].ms()
         ratio = lambda m: f"{t['auto', m].median / t['named', m].median:.2f}"
         print(f"| {case.label()} | {named} | {cell(('named', 'fwd'))} | {cell(('auto', 'fwd'))} | {ratio('fwd')} | "

@@ -268,6 +268,16 @@ def jax_pair(f, x, w):
         temp_megabytes(both)
 
 
+def interleaved_pairs(functions: dict, x, w, rounds: int) -> dict:
+    """The forward and forward+backward (jax_pair) of each named function, all timed round-robin together:
+    {(name, "fwd" or "fb"): Timing}."""
+    calls = {}
+    for name, f in functions.items():
+        fwd, fb, _, _ = jax_pair(f, x, w)
+        calls[name, "fwd"], calls[name, "fb"] = (fwd, jax_sync), (fb, jax_sync)
+    return interleaved_medians(calls, rounds=rounds)
+
+
 # --- one run ------------------------------------------------------------------------------------------------
 
 

@@ -122,8 +122,8 @@ def run(seed: int, count: int, on_shape=None, cache_dir=None) -> dict:
             row["candidates"] = len(entry.times_s) + len(entry.dropped) if entry is not None else 1
         calls["lax"] = jax_pair(plain_lax(spec), x, w)[1]
         # With autotune, candidates close to each other are compared: more rounds and samples narrow the medians.
-        rounds = dict(rounds=8, max_reps=10) if cache_dir is not None else {}
-        times = interleaved_medians({k: (call, jax_sync) for k, call in calls.items()}, **rounds)
+        sampling = dict(rounds=8, max_reps=10) if cache_dir is not None else {}
+        times = interleaved_medians({k: (call, jax_sync) for k, call in calls.items()}, **sampling)
         auto_ms, lax_ms = times["auto"].median * 1e3, times["lax"].median * 1e3
         best_ms = min(t.median for k, t in times.items() if k != "lax") * 1e3
         if cache_dir is not None:  # lax's own convolution is one of autotune's candidates

@@ -149,12 +149,12 @@ def candidates(spec: ConvSpec, platform: str, deterministic: bool) -> Tuple[Cand
     """Every lowering and variant for `spec` on `platform`: the accepted ones, and the refused with their reason
     (a lowering autotune does not time there counts as refused, with its tuning_refusal)."""
     listed = []
+    on_platform = dataclasses.replace(spec, platform=platform)
     for name, module in LOWERINGS.items():
-        on_platform = dataclasses.replace(spec, platform=platform)
         refusal = _refusal(module, spec, deterministic)
         not_tuned = getattr(module, "tuning_refusal", None)
-        if refusal is None and not_tuned is not None and not_tuned(on_platform) is not None:
-            refusal = f"not timed by autotune: {not_tuned(on_platform)}"
+        if refusal is None and not_tuned is not None and (why := not_tuned(on_platform)) is not None:
+            refusal = f"not timed by autotune: {why}"
         if refusal is not None:
             listed.append(Candidate(name, None, refusal))
         else:

@@ -44,7 +44,7 @@ DEFAULT_BUDGET_S = 20.0  # per spec: a ceiling on the timing rounds, not countin
 # Timing: at least MIN_ROUNDS round-robin samples per candidate, at most MAX_ROUNDS; a sample is the mean of
 # enough back-to-back runs to last about SAMPLE_S (at most MAX_REPS), so that sub-millisecond candidates are not
 # ranked by timer and scheduler noise; after the first round a candidate slower than the fastest by PRUNE_FACTOR
-# cannot win within the VM's noise and is not run again; the rounds stop early once the fastest candidate's
+# cannot win within run-to-run noise and is not run again; the rounds stop early once the fastest candidate's
 # slowest sample beats every other's median (docs/autotune.md).
 MIN_ROUNDS = 5
 MAX_ROUNDS = 15
