@@ -242,6 +242,21 @@ def test_grid_covers_merged_and_single_group_convs():
     assert 1 in merged and max(merged) > 1, merged
 
 
+def test_merge_rule_leaves_large_and_over_padded_groups_one_per_conv():
+    """Merging multiplies the weight gradient's work by the groups merged: only tiny groups gain, and a conv padded
+    by more than half its window slows XLA's weight-gradient conv (docs/lowerings.md, "grouped")."""
+    from jconv.lowerings import grouped
+
+    def rule(x, w, **kw):
+        return grouped.groups_per_conv(jconv.conv2d.build_spec(jnp.zeros(x), jnp.zeros(w), None, **kw))
+
+    assert rule((1, 32, 7, 7), (32, 4, 3, 3), groups=8, padding=1) == 8
+    assert rule((1, 32, 7, 7), (32, 4, 3, 3), groups=8, padding=2) == 1  # over-padded
+    assert rule((8, 32, 56, 56), (32, 4, 3, 3), groups=8, padding=1) == 1  # large
+    assert "grouped:merge-8" in {f"grouped:{v}" for v in grouped.variants(
+        jconv.conv2d.build_spec(jnp.zeros((8, 32, 56, 56)), jnp.zeros((32, 4, 3, 3)), None, groups=8, padding=1))}
+
+
 @st.composite
 def cases(draw, transposed=None, groups=None, depthwise=None, pointwise=False, dilated=False, ndims=(1, 2, 3),
           channels_last=None, unit_stride=False):

@@ -9,6 +9,7 @@ does not help: JAX's batching rule turns it back into feature_group_count.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Tuple
 
 import jax
@@ -35,33 +36,54 @@ def refusal(spec: ConvSpec) -> Optional[str]:
     return None
 
 
-# Groups of at most MERGE_MAX_IN_PER_GROUP input channels have their weight gradient computed merged, several per
-# dense conv (a block-diagonal kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per FLOP
-# than the zeros added (docs/lowerings.md, "grouped"). The forward and the input gradient stay one conv per group:
-# a merged one multiplies one group's inputs by the zeros of the others' blocks, so a NaN or inf input would reach
-# every group's outputs.
+# Groups of at most MERGE_MAX_IN_PER_GROUP input channels may have their weight gradient computed merged, several
+# per dense conv (a block-diagonal kernel), up to MERGED_IN_CHANNELS input channels: tiny dense convs cost more per
+# FLOP than the zeros added. The rule merges only where that holds (docs/lowerings.md, "grouped"): each group's
+# weight gradient is at most MERGE_MAX_GROUP_MACS multiply-adds, and no axis is padded by more than half its
+# window, where XLA's weight-gradient conv pays for every zero of the merged kernel. The forward and the input
+# gradient stay one conv per group: a merged one multiplies one group's inputs by the zeros of the others'
+# blocks, so a NaN or inf input would reach every group's outputs.
 MERGE_MAX_IN_PER_GROUP = 8
 MERGED_IN_CHANNELS = 32
+MERGE_MAX_GROUP_MACS = 1 << 16
 
 
-def groups_per_conv(spec: ConvSpec) -> int:
-    """The rule: how many groups one dense conv of the weight gradient computes, the largest divisor of groups
-    within the merge budget."""
+def _merge_budget(spec: ConvSpec) -> int:
+    """The largest divisor of groups whose merged conv stays within MERGED_IN_CHANNELS input channels (1 for
+    groups wider than MERGE_MAX_IN_PER_GROUP)."""
     if spec.in_per_group > MERGE_MAX_IN_PER_GROUP:
         return 1
     budget = MERGED_IN_CHANNELS // spec.in_per_group  # >= 4: in_per_group <= MERGE_MAX_IN_PER_GROUP
     return max(m for m in range(1, min(budget, spec.groups) + 1) if spec.groups % m == 0)
 
 
+def group_weight_grad_macs(spec: ConvSpec) -> int:
+    """Multiply-adds of one group's weight gradient."""
+    return (spec.batch * math.prod(spec.out_spatial) * spec.in_per_group * spec.out_per_group
+            * math.prod(spec.kernel_size))
+
+
+def _over_padded(spec: ConvSpec) -> bool:
+    return any(2 * max(pad) > d * (k - 1)
+               for pad, k, d in zip(spec.lowering_padding, spec.kernel_size, spec.dilation))
+
+
+def groups_per_conv(spec: ConvSpec) -> int:
+    """The rule: how many groups one dense conv of the weight gradient computes."""
+    if group_weight_grad_macs(spec) > MERGE_MAX_GROUP_MACS or _over_padded(spec):
+        return 1
+    return _merge_budget(spec)
+
+
 def variants(spec: ConvSpec) -> Tuple[str, ...]:
     """"merge-m": m groups per dense conv of the weight gradient; the rule's m first, then one group per conv,
-    and half and twice the rule's m where they divide the groups (each variant compiles its own set of convs, so
-    autotune times a few around the rule, not every divisor)."""
-    rule = groups_per_conv(spec)
-    nearby = [1, rule // 2, rule * 2] if rule % 2 == 0 else [1, rule * 2]
+    and the merge budget's m with its half and double where they divide the groups (each variant compiles its
+    own set of convs, so autotune times a few, not every divisor)."""
+    budget = _merge_budget(spec)
+    nearby = [1, budget, budget // 2, budget * 2, 2]
     possible = [m for m in nearby
                 if m >= 1 and spec.groups % m == 0 and m * spec.in_per_group <= 2 * MERGED_IN_CHANNELS]
-    return tuple(f"merge-{m}" for m in dict.fromkeys([rule, *possible]))
+    return tuple(f"merge-{m}" for m in dict.fromkeys([groups_per_conv(spec), *possible]))
 
 
 def _merged(spec: ConvSpec) -> int:
