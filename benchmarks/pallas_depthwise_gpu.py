@@ -3,9 +3,10 @@ channels-last). No GPU was available when the kernels were written, so run this 
 
     pip install -e . && python benchmarks/pallas_depthwise_gpu.py --out benchmarks/results/pallas_depthwise_gpu
 
-For each case it: compiles the kernels (Triton), checks forward and gradients against lax in float32, checks that
-repeated gradients are bitwise identical, tries a few BlockSizes, and reports median forward and forward+backward
-times of lax and the best Pallas configuration, with the fraction of the measured copy bandwidth.
+For each case and each of its block-size variants (depthwise.variants) it compiles the kernels (Triton), checks
+forward and gradients against lax in float32 and that repeated gradients are bitwise identical, then times the
+forward and the forward+backward of lax and of every variant round-robin in one run, and reports lax, the
+default variant and the fastest one, with the fraction of the measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ CASES = [  # name, fn, channels-last input, weight, kwargs
     ("mbv2 dw3x3 64x384x28x28", "conv2d", (64, 28, 28, 384), (384, 1, 3, 3), dict(padding=1, groups=384)),
     ("replknet dw31 32x128x56x56", "conv2d", (32, 56, 56, 128), (128, 1, 31, 31), dict(padding=15, groups=128)),
 ]
-BLOCKS = [depthwise.BlockSizes(8, 32), depthwise.BlockSizes(4, 64), depthwise.BlockSizes(16, 16),
-          depthwise.BlockSizes(2, 128, num_warps=8)]
 
 
 def main():
@@ -50,21 +49,26 @@ def main():
         key = jax.random.PRNGKey(0)
         x32 = jax.random.normal(key, xs, jnp.float32)
         w32 = jax.random.normal(jax.random.fold_in(key, 1), ws, jnp.float32) * 0.1
-        # correctness in float32 (precision=highest on the lax side: no TF32)
+        spec = fn.build_spec(x32, w32, None, channels_last=True, **kw)
+        variants = depthwise.variants(spec)
+        # correctness in float32 (precision=highest on the lax side: no TF32), every variant
         f = lambda lowering: (lambda x, w: fn(x, w, channels_last=True, lowering=lowering,
                                               precision="highest", **kw))
         y_ref, vjp_ref = jax.vjp(f("xla"), x32, w32)
-        y_pl, vjp_pl = jax.vjp(f("pallas"), x32, w32)
         g = jnp.ones_like(y_ref)
-        errors = [float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
-                  for a, b in zip((y_pl, *vjp_pl(g)), (y_ref, *vjp_ref(g)))]
-        grads = jax.jit(lambda x, w, g: jax.vjp(f("pallas"), x, w)[1](g))
-        first = grads(x32, w32, g)
-        bitwise = all(bool(jnp.array_equal(a, b)) for _ in range(3) for a, b in zip(first, grads(x32, w32, g)))
-        # timing in the requested dtype
+        errors, bitwise = {}, {}
+        for variant in variants:
+            y_pl, vjp_pl = jax.vjp(f(f"pallas:{variant}"), x32, w32)
+            errors[variant] = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+                                  for a, b in zip((y_pl, *vjp_pl(g)), (y_ref, *vjp_ref(g))))
+            grads = jax.jit(lambda x, w, g, variant=variant: jax.vjp(f(f"pallas:{variant}"), x, w)[1](g))
+            first = grads(x32, w32, g)
+            bitwise[variant] = all(bool(jnp.array_equal(a, b)) for _ in range(3)
+                                   for a, b in zip(first, grads(x32, w32, g)))
+        # timing in the requested dtype, lax and every variant round-robin
         x, w = x32.astype(args.dtype), w32.astype(args.dtype)
         calls = {}
-        for lowering in ("xla", "pallas"):
+        for lowering in ("xla", *(f"pallas:{v}" for v in variants)):
             h = lambda x, w, lowering=lowering: fn(x, w, channels_last=True, lowering=lowering, **kw)
             fwd = jax.jit(h).lower(x, w).compile()
             y = fwd(x, w)
@@ -73,38 +77,26 @@ def main():
             calls[(lowering, "fwd")] = ((lambda fwd=fwd: fwd(x, w)), jax_sync)
             calls[(lowering, "fwd_bwd")] = ((lambda fb=fb, gy=gy: fb(x, w, gy)), jax_sync)
         times = {k: v[0] * 1e6 for k, v in interleaved_medians(calls).items()}
-        best = None
-        spec = fn.build_spec(x, w, channels_last=True, **kw)
-        kernel, _, dilation, pads = depthwise._geometry(spec)
-        x_nhwc = jnp.pad(depthwise._to_nhwc(spec, x), [(0, 0), *pads, (0, 0)])
-        w_hwc = depthwise._weights_hwc(spec, w)
-        for blocks in BLOCKS:  # the forward kernel alone, per block configuration
-            try:
-                kernel_only = jax.jit(lambda a, b, blocks=blocks: depthwise.depthwise_stride1(
-                    a, b, dilation, blocks, interpret=False))
-                t = interleaved_medians({0: ((lambda: kernel_only(x_nhwc, w_hwc)), jax_sync)})[0][0] * 1e6
-                if best is None or t < best[0]:
-                    best = (t, blocks)
-            except Exception as e:  # a configuration Triton cannot lower
-                print(f"  {name}: {blocks} failed: {type(e).__name__}: {str(e)[:200]}")
+        best = min(variants, key=lambda v: times[(f"pallas:{v}", "fwd")])
         moved = (x.size + w.size + y.size) * x.dtype.itemsize
-        row = dict(case=name, dtype=args.dtype, errors_fwd_gx_gw=errors, bitwise_identical_grads=bitwise,
-                   lax_fwd_us=times[("xla", "fwd")], pallas_fwd_us=times[("pallas", "fwd")],
-                   lax_fwd_bwd_us=times[("xla", "fwd_bwd")], pallas_fwd_bwd_us=times[("pallas", "fwd_bwd")],
-                   best_kernel_us=best[0] if best else None, best_blocks=str(best[1]) if best else None,
-                   fraction_of_copy_bw=moved / (times[("pallas", "fwd")] / 1e6) / 1e9 / ceilings["copy_GBps"])
+        row = dict(case=name, dtype=args.dtype, max_rel_err=errors, bitwise_identical_grads=bitwise,
+                   lax_fwd_us=times[("xla", "fwd")], lax_fwd_bwd_us=times[("xla", "fwd_bwd")],
+                   default=variants[0], best=best,
+                   variants={v: {"fwd_us": times[(f"pallas:{v}", "fwd")],
+                                 "fwd_bwd_us": times[(f"pallas:{v}", "fwd_bwd")]} for v in variants},
+                   fraction_of_copy_bw=moved / (times[(f"pallas:{best}", "fwd")] / 1e6) / 1e9 / ceilings["copy_GBps"])
         rows.append(row)
         print(json.dumps(row))
     report = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind, jax=jax.__version__,
                   ceilings=ceilings, rows=rows)
-    print("| case | lax fwd us | pallas fwd us | lax fwd+bwd us | pallas fwd+bwd us | fwd+bwd / fwd | % copy BW |"
-          " max rel err | bitwise grads |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | lax fwd us | default fwd us | best variant | best fwd us | lax fwd+bwd us | best fwd+bwd us |"
+          " % copy BW | max rel err | bitwise grads |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['lax_fwd_us']:.0f} | {r['pallas_fwd_us']:.0f} | {r['lax_fwd_bwd_us']:.0f} | "
-              f"{r['pallas_fwd_bwd_us']:.0f} | {r['pallas_fwd_bwd_us'] / r['pallas_fwd_us']:.1f} | "
-              f"{100 * r['fraction_of_copy_bw']:.0f}% | {max(r['errors_fwd_gx_gw']):.1e} | "
-              f"{r['bitwise_identical_grads']} |")
+        best, default = r["variants"][r["best"]], r["variants"][r["default"]]
+        print(f"| {r['case']} | {r['lax_fwd_us']:.0f} | {default['fwd_us']:.0f} | {r['best']} | {best['fwd_us']:.0f} | "
+              f"{r['lax_fwd_bwd_us']:.0f} | {best['fwd_bwd_us']:.0f} | {100 * r['fraction_of_copy_bw']:.0f}% | "
+              f"{max(r['max_rel_err'].values()):.1e} | {all(r['bitwise_identical_grads'].values())} |")
     if args.out:
         with open(args.out + ".json", "w") as f:
             json.dump(report, f, indent=1)

@@ -17,6 +17,7 @@ import pytest
 from jax import export
 
 import jconv
+from jconv.lowerings.pallas import depthwise
 from jconv.lowerings.pallas.depthwise import BLOCK_SIZES
 from parity import accepted, jconv_fn, to_layout
 from test_parity import GRID, LOWERINGS
@@ -143,14 +144,32 @@ def test_pallas_kernels_lower_to_triton_for_cuda(layer, dtype):
     assert TRITON not in module(f, "cpu", x, w)
 
 
-@pytest.mark.parametrize("variant", list(BLOCK_SIZES))
-def test_every_pallas_block_size_variant_lowers_to_triton_for_cuda(variant):
-    """The block sizes autotune times on a GPU: each builds its three kernels for cuda (ConvNeXt 7x7, bfloat16)."""
-    _, fn, xs, ws, kw = PALLAS_LAYERS[0]
+def _layer_variants():
+    """Every block-size variant, on the first layer whose kernel its table serves."""
+    pairs = []
+    for variant in BLOCK_SIZES:
+        for layer in PALLAS_LAYERS:
+            _, fn, xs, ws, kw = layer
+            spec = fn.build_spec(jax.ShapeDtypeStruct(xs, jnp.bfloat16), jax.ShapeDtypeStruct(ws, jnp.bfloat16),
+                                 None, **kw)
+            if variant in depthwise.variants(spec):
+                pairs.append((layer, variant))
+                break
+    return pairs
+
+
+@pytest.mark.parametrize("layer,variant", _layer_variants(), ids=lambda v: v if isinstance(v, str) else v[0])
+def test_every_pallas_block_size_variant_lowers_to_triton_for_cuda(layer, variant):
+    """The block sizes autotune times on a GPU: each builds its three kernels for cuda (bfloat16)."""
+    _, fn, xs, ws, kw = layer
     x, w = jax.ShapeDtypeStruct(xs, jnp.bfloat16), jax.ShapeDtypeStruct(ws, jnp.bfloat16)
     f = lambda x, w: fn(x, w, lowering=f"pallas:{variant}", **kw)  # noqa: E731
     grads = jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32)), argnums=(0, 1))
     assert module(f, "cuda", x, w).count(TRITON) == 1 and module(grads, "cuda", x, w).count(TRITON) == 2
+
+
+def test_every_pallas_block_size_variant_is_some_layers():
+    assert {variant for _, variant in _layer_variants()} == set(BLOCK_SIZES)
 
 
 def test_explain_takes_jaxs_platform_names():

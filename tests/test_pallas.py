@@ -19,29 +19,62 @@ def rand(*shape, seed=0, dtype=jnp.float32):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
-def lax_depthwise_nhwc(x, w, dilation):
-    """The kernels' contract in plain lax: a stride-1, unpadded depthwise conv of NHWC x with (kH, kW, C) w."""
-    return jax.lax.conv_general_dilated(x, w[:, :, None, :], (1, 1), "VALID", rhs_dilation=dilation,
+def lax_depthwise_nhwc(x, w, stride, dilation, padding, out_size):
+    """The kernels' contract in plain lax: a depthwise conv of NHWC x with (kH, kW, C) w, low padding `padding`
+    (negative: skipped rows or columns) and the high padding that gives `out_size`."""
+    pads = [(lo, (o - 1) * s + d * (k - 1) + 1 - size - lo) for size, k, s, d, lo, o in
+            zip(x.shape[1:3], w.shape[:2], stride, dilation, padding, out_size)]
+    return jax.lax.conv_general_dilated(x, w[:, :, None, :], stride, pads, rhs_dilation=dilation,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
                                         precision="highest")
 
 
-@pytest.mark.parametrize("blocks", [depthwise.BlockSizes(2, 4), depthwise.BlockSizes(8, 32)])
-def test_kernel_tiles_cover_odd_sizes(blocks):
-    """Many row and channel tiles, sizes that are not powers of two, dilation: against a plain XLA conv."""
-    x = rand(2, 13, 11, 12)  # NHWC, already padded
-    w = rand(3, 2, 12, seed=1)
-    y = depthwise.depthwise_stride1(x, w, (2, 3), blocks)
-    ref = lax_depthwise_nhwc(x, w, (2, 3))
-    assert y.shape == ref.shape == (2, 9, 8, 12)
+KERNEL_CASES = [  # kernel, stride, dilation, low padding, input (N, H, W, C)
+    ((3, 2), (1, 1), (2, 3), (0, 0), (2, 13, 11, 12)),
+    ((3, 3), (2, 3), (1, 1), (1, 2), (2, 13, 14, 20)),  # width phases; channels not a multiple of the tile
+    ((5, 4), (3, 2), (2, 1), (-1, 3), (1, 16, 12, 7)),  # negative padding: leading rows skipped
+    ((9, 9), (1, 1), (1, 2), (4, 8), (1, 12, 10, 5)),   # 81 taps: the row loop
+    ((11, 9), (2, 3), (1, 1), (5, 4), (2, 15, 13, 6)),  # row loop with strides
+]
+
+
+@pytest.mark.parametrize("blocks", [depthwise.BlockSizes(3, 4, 4), depthwise.BlockSizes(8, 8, 32),
+                                    depthwise.BlockSizes(1, 2, 8)], ids=lambda b: b.name)
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-s{c[1][0]}{c[1][1]}")
+def test_kernels_cover_tiles_edges_strides_and_padding(case, blocks):
+    """Many row, column and channel tiles, sizes that are not powers of two, masked edges on every side: the
+    forward and the weight-gradient kernels against lax."""
+    kernel, stride, dilation, padding, shape = case
+    x, w = rand(*shape), rand(*kernel, shape[-1], seed=1)
+    out_size = tuple((size + 2 * max(lo, 0) - d * (k - 1) - 1) // s + 1
+                     for size, k, s, d, lo in zip(shape[1:3], kernel, stride, dilation, padding))
+    geometry = dict(stride=stride, dilation=dilation, padding=padding)
+    y = depthwise.depthwise_conv(x, w, out_size=out_size, blocks=blocks, **geometry)
+    ref, vjp = jax.vjp(lambda w: lax_depthwise_nhwc(x, w, stride, dilation, padding, out_size), w)
+    assert y.shape == ref.shape == (shape[0], *out_size, shape[-1])
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    g = rand(*ref.shape, seed=2)
+    dw = depthwise.depthwise_weight_grad(x, g, kernel, blocks=blocks, **geometry)
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(vjp(g)[0]), rtol=1e-5, atol=1e-4)
 
 
-def test_weight_grad_kernel_matches_autodiff_of_lax():
-    x, g = rand(3, 10, 9, 5), rand(3, 8, 5, 5, seed=2)
-    dw = depthwise.depthwise_weight_grad(x, g, (3, 3), (1, 2), depthwise.BlockSizes(2, 4))
-    ref = jax.vjp(lambda w: lax_depthwise_nhwc(x, w, (1, 2)), jnp.zeros((3, 3, 5), jnp.float32))[1](g)[0]
-    np.testing.assert_allclose(np.asarray(dw), np.asarray(ref), rtol=1e-5, atol=1e-4)
+@pytest.mark.parametrize("name", list(depthwise.BLOCK_SIZES))
+def test_every_block_size_variant_fits_the_register_budget(name):
+    """Accumulators and loaded tiles per thread, forward and weight gradient, for the kernels its table serves."""
+    blocks = depthwise.BLOCK_SIZES[name]
+    if name in depthwise.ONE_D_BLOCK_SIZES:
+        kernels = [(1, k) for k in (2, 4, 31, 64, 65, 129)]
+    elif name in depthwise.UNROLLED_BLOCK_SIZES:
+        kernels = [(k, k) for k in range(1, 9)] + [(1, 64), (64, 1), (2, 32)]
+    else:
+        kernels = [(9, 9), (13, 13), (31, 31), (51, 51), (1, 65)]
+    for kernel in kernels:
+        forward, weight_grad = depthwise.values_per_thread(blocks, kernel)
+        assert forward <= depthwise.REGISTER_BUDGET and weight_grad <= depthwise.REGISTER_BUDGET, (kernel, forward,
+                                                                                                 weight_grad)
+    assert all(size & (size - 1) == 0 for size in (blocks.block_w, blocks.block_c))
+    if name in depthwise.ROW_LOOP_BLOCK_SIZES:
+        assert blocks.block_h & (blocks.block_h - 1) == 0
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 3e-2), (jnp.float16, 3e-3)])
@@ -92,13 +125,30 @@ def test_refuses_what_it_does_not_implement():
         jconv.conv3d(jnp.zeros((1, 2, 4, 4, 4)), jnp.zeros((2, 1, 3, 3, 3)), groups=2, lowering="pallas")
 
 
+GPU_CASES = {  # one layer per block-size table: (function, input, weight, kwargs)
+    "unrolled": (jconv.conv2d, (2, 64, 30, 30), (64, 1, 7, 7), dict(groups=64, padding=3)),
+    "row loop": (jconv.conv2d, (2, 32, 30, 30), (32, 1, 11, 11), dict(groups=32, padding=5, stride=(2, 1))),
+    "1-D": (jconv.conv1d, (2, 96, 300), (96, 1, 4), dict(groups=96, padding=3)),
+}
+
+
 @pytest.mark.gpu
-def test_triton_lowering_on_gpu():
-    """Only a GPU run proves the kernels lower under Triton (power-of-2 shapes, no interpret)."""
-    x, w = rand(2, 64, 30, 30), rand(64, 1, 7, 7, seed=1)
-    y = jconv.conv2d(x, w, groups=64, padding=3, lowering="pallas")
-    ref = jconv.conv2d(x, w, groups=64, padding=3, lowering="xla", precision="highest")
-    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize("table", GPU_CASES)
+def test_every_variant_runs_under_triton_on_gpu(table):
+    """Only a GPU run proves the kernels compile and compute under Triton: every variant, forward and gradients,
+    against lax, and bitwise-repeatable gradients."""
+    fn, xs, ws, kw = GPU_CASES[table]
+    x, w = rand(*xs), rand(*ws, seed=1)
+    loss = lambda lowering: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda x, w: (fn(x, w, lowering=lowering, precision="highest", **kw) ** 2).sum(), argnums=(0, 1)))
+    ref = loss("xla")(x, w)
+    variants = depthwise.variants(fn.build_spec(x, w, None, **kw))
+    for variant in variants:
+        step = loss(f"pallas:{variant}")
+        first = step(x, w)
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3, err_msg=variant)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(step(x, w))))
 
 
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd", "hessian"])
