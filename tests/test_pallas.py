@@ -78,13 +78,22 @@ def test_every_block_size_variant_fits_the_register_budget(name):
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 3e-2), (jnp.float16, 3e-3)])
-def test_half_precision_accumulates_in_float32(dtype, tol):
-    x, w = rand(2, 6, 20, 9), rand(6, 1, 3, 4, seed=1)  # multiplier 1, channels-first
-    kw = dict(groups=6, padding=(1, 2), stride=(1, 2))
-    ref = jconv.conv2d(x, w, lowering="xla", precision="highest", **kw)
-    y = jconv.conv2d(x.astype(dtype), w.astype(dtype), lowering="pallas", **kw)
+@pytest.mark.parametrize("fn,xs,ws,kw", [
+    (jconv.conv2d, (2, 6, 20, 9), (6, 1, 3, 4), dict(groups=6, padding=(1, 2), stride=(1, 2))),
+    (jconv.conv2d, (1, 4, 24, 22), (4, 1, 9, 9), dict(groups=4, padding=4, dilation=(1, 2))),  # row loop
+    (jconv.conv1d, (2, 8, 64), (16, 1, 4), dict(groups=8, padding=3)),  # multiplier 2
+], ids=["3x4", "9x9", "conv1d"])
+def test_half_precision_forward_and_gradients_against_float64(fn, xs, ws, kw, dtype, tol):
+    """Output, input gradient and weight gradient against lax in float64 (which the parity suite holds to torch);
+    test_transforms checks that weight gradients accumulate in float32."""
+    x, w = rand(*xs, dtype=jnp.float64), rand(*ws, seed=1, dtype=jnp.float64)
+    g = rand(*fn.build_spec(x, w, None, **kw).out_shape, seed=2, dtype=jnp.float64)
+    ref_y, ref_vjp = jax.vjp(lambda x, w: fn(x, w, lowering="xla", **kw), x, w)
+    y, vjp = jax.vjp(lambda x, w: fn(x, w, lowering="pallas", **kw), x.astype(dtype), w.astype(dtype))
     assert y.dtype == dtype
-    assert float(jnp.max(jnp.abs(y.astype(jnp.float32) - ref)) / jnp.max(jnp.abs(ref))) < tol
+    for got, ref in zip((y, *vjp(g.astype(dtype))), (ref_y, *ref_vjp(g))):
+        got = np.asarray(got, np.float64)
+        assert np.abs(got - np.asarray(ref)).max() / np.abs(np.asarray(ref)).max() < tol
 
 
 def test_vmap_jit_grad_compose():
