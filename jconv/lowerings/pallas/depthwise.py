@@ -153,12 +153,18 @@ def _interpret(spec: ConvSpec) -> bool:
     return target_platform(spec) != "gpu"
 
 
+def _triton():
+    """Pallas' Triton module, imported when a kernel is built (it is deprecated in newer jax; importing jconv
+    should not warn)."""
+    from jax.experimental.pallas import triton
+
+    return triton
+
+
 def _compiler_params(blocks: BlockSizes, interpret: bool):
     if interpret:
         return None
-    from jax.experimental.pallas import triton as pltriton
-
-    return pltriton.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    return _triton().CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
 
 
 # --- kernels ------------------------------------------------------------------------------------------------
@@ -254,44 +260,36 @@ def _input_mask(p: _Problem, t: _Tile, j: int, row, channels):
 
 def _load_input(x_ref, p: _Problem, t: _Tile, n, row, j: int, channels, rows=None):
     """Tap column j's (bw, bc) input tile at input row `row` (rows=1: a (1, bw, bc) tile), zeros outside."""
-    from jax.experimental.pallas import triton as pltriton
-
     phase, offset = p.column(j)
     mask = _input_mask(p, t, j, row, channels)
     columns, chans = _ds(t.w0 + offset + t.shift, t.bw), _ds(t.c0, t.bc)
     if rows is None:
-        return pltriton.load(_at(x_ref, n, row, phase, columns, chans), mask=mask, other=0)
-    return pltriton.load(_at(x_ref, n, _ds(row, rows), phase, columns, chans), mask=mask[None], other=0)
+        return _triton().load(_at(x_ref, n, row, phase, columns, chans), mask=mask, other=0)
+    return _triton().load(_at(x_ref, n, _ds(row, rows), phase, columns, chans), mask=mask[None], other=0)
 
 
 def _load_weights(ref, index, channels, shape_channels_last):
-    from jax.experimental.pallas import triton as pltriton
-
     if channels is None:
-        return pltriton.load(_at(ref, *index))
-    return pltriton.load(_at(ref, *index), mask=jnp.broadcast_to(channels, shape_channels_last), other=0)
+        return _triton().load(_at(ref, *index))
+    return _triton().load(_at(ref, *index), mask=jnp.broadcast_to(channels, shape_channels_last), other=0)
 
 
 def _mul_add(a, b, acc, fma: bool):
     """acc + a * b, by fused multiply-add instructions where asked for (float32 on Triton only)."""
     if not fma or acc.dtype != jnp.float32:
         return acc + a * b
-    from jax.experimental.pallas import triton as pltriton
-
     a, b = jnp.broadcast_to(a, acc.shape), jnp.broadcast_to(b, acc.shape)
-    return pltriton.elementwise_inline_asm(
+    return _triton().elementwise_inline_asm(
         "fma.rn.f32 $0, $1, $2, $3;", args=[a, b, acc], constraints="=r,r,r,r", pack=1,
         result_shape_dtypes=[jax.ShapeDtypeStruct(acc.shape, acc.dtype)])[0]
 
 
 def _store_rows(o_ref, p: _Problem, t: _Tile, n, rows: list, channels):
-    from jax.experimental.pallas import triton as pltriton
-
     inside = jnp.broadcast_to(((t.w0 + _iota(t.bw)) < p.wo)[:, None], (t.bw, t.bc))
     if channels is not None:
         inside = inside & channels
     for i, acc in enumerate(rows):
-        pltriton.store(_at(o_ref, n, t.h0 + i, _ds(t.w0, t.bw), _ds(t.c0, t.bc)), acc.astype(o_ref.dtype),
+        _triton().store(_at(o_ref, n, t.h0 + i, _ds(t.w0, t.bw), _ds(t.c0, t.bc)), acc.astype(o_ref.dtype),
                        mask=inside & (t.h0 + i < p.ho))
 
 
@@ -325,8 +323,6 @@ def _unrolled_kernel(x_ref, w_ref, o_ref, *, p: _Problem, bh: int, bw: int, bc: 
 def _row_loop_kernel(x_ref, wr_ref, o_ref, *, p: _Problem, bh: int, bw: int, bc: int, shift: int, fma: bool):
     """A loop over the input rows the tile needs, one (bh, bw, bc) accumulator: each row, loaded once per kernel
     column, is multiplied by the (bh, 1, bc) weights joining it to each output row (the row-weights table)."""
-    from jax.experimental.pallas import triton as pltriton
-
     n, t = pl.program_id(0), _tile(p, bh, bw, bc, shift)
     channels = _channel_mask(p, t)
     acc_dtype = _acc_dtype(x_ref, o_ref)
@@ -344,7 +340,7 @@ def _row_loop_kernel(x_ref, wr_ref, o_ref, *, p: _Problem, bh: int, bw: int, bc:
     inside = jnp.broadcast_to(inside, (bh, bw, bc))
     if channels is not None:
         inside = inside & channels[None]
-    pltriton.store(_at(o_ref, n, _ds(t.h0, bh), _ds(t.w0, bw), _ds(t.c0, bc)), acc.astype(o_ref.dtype),
+    _triton().store(_at(o_ref, n, _ds(t.h0, bh), _ds(t.w0, bw), _ds(t.c0, bc)), acc.astype(o_ref.dtype),
                    mask=inside)
 
 
@@ -363,8 +359,6 @@ def _weight_grad_kernel(x_ref, g_ref, o_ref, *, p: _Problem, bw: int, bc: int, s
     """Partial sums of every tap over one column tile of one sample, all its output rows: for each kernel
     column, a loop over output rows adds each gradient row times the input row of every kernel row (one
     accumulator per kernel row; large kernels loop over kernel rows too, one accumulator)."""
-    from jax.experimental.pallas import triton as pltriton
-
     n, t = pl.program_id(0), _tile(p, 1, bw, bc, shift, rows_in_grid=False)
     channels = _channel_mask(p, t)
     column_tile = t.w0 // bw
@@ -375,12 +369,12 @@ def _weight_grad_kernel(x_ref, g_ref, o_ref, *, p: _Problem, bw: int, bc: int, s
 
     def gradient_row(ho):
         chans = _ds(t.c0, bc)
-        return pltriton.load(_at(g_ref, n, ho, _ds(t.w0, bw), chans), mask=inside, other=0).astype(acc_dtype)
+        return _triton().load(_at(g_ref, n, ho, _ds(t.w0, bw), chans), mask=inside, other=0).astype(acc_dtype)
 
     def store(a, j, acc):
         total = jnp.sum(acc, axis=0)[None, :]  # (1, bc)
         target = _at(o_ref, n, column_tile, a, _ds(j, 1), _ds(t.c0, bc))
-        pltriton.store(target, total, mask=channels if channels is not None else None)
+        _triton().store(target, total, mask=channels)
 
     def input_row(ho, a, j):
         return _load_input(x_ref, p, t, n, ho * p.sh - p.ph + a * p.dh, j, channels).astype(acc_dtype)
@@ -391,15 +385,13 @@ def _weight_grad_kernel(x_ref, g_ref, o_ref, *, p: _Problem, bw: int, bc: int, s
                 g = gradient_row(ho)
                 return tuple(_mul_add(input_row(ho, a, j), g, acc, fma) for a, acc in enumerate(accs))
 
-            accs = _for(p.ho, by_kernel_row, tuple(jnp.zeros((bw, bc), acc_dtype)
-                                                                   for _ in range(p.kh)))
+            accs = _for(p.ho, by_kernel_row, tuple(jnp.zeros((bw, bc), acc_dtype) for _ in range(p.kh)))
             for a, acc in enumerate(accs):
                 store(a, j, acc)
         else:
             def one_tap(a, carry, j=j):
-                acc = _for(p.ho, lambda ho, acc: _mul_add(input_row(ho, a, j), gradient_row(ho),
-                                                                          acc, fma),
-                                        jnp.zeros((bw, bc), acc_dtype))
+                acc = _for(p.ho, lambda ho, acc: _mul_add(input_row(ho, a, j), gradient_row(ho), acc, fma),
+                           jnp.zeros((bw, bc), acc_dtype))
                 store(a, j, acc)
                 return carry
 
