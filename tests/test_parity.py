@@ -253,8 +253,8 @@ def test_merge_rule_leaves_large_and_over_padded_groups_one_per_conv():
     assert rule((1, 32, 7, 7), (32, 4, 3, 3), groups=8, padding=1) == 8
     assert rule((1, 32, 7, 7), (32, 4, 3, 3), groups=8, padding=2) == 1  # over-padded
     assert rule((8, 32, 56, 56), (32, 4, 3, 3), groups=8, padding=1) == 1  # large
-    assert "grouped:merge-8" in {f"grouped:{v}" for v in grouped.variants(
-        jconv.conv2d.build_spec(jnp.zeros((8, 32, 56, 56)), jnp.zeros((32, 4, 3, 3)), None, groups=8, padding=1))}
+    large = jconv.conv2d.build_spec(jnp.zeros((8, 32, 56, 56)), jnp.zeros((32, 4, 3, 3)), None, groups=8, padding=1)
+    assert "merge-8" in grouped.variants(large)  # autotune can still merge where it measures faster
 
 
 @st.composite

@@ -76,9 +76,9 @@ def groups_per_conv(spec: ConvSpec) -> int:
 
 
 def variants(spec: ConvSpec) -> Tuple[str, ...]:
-    """"merge-m": m groups per dense conv of the weight gradient; the rule's m first, then one group per conv,
-    and the merge budget's m with its half and double where they divide the groups (each variant compiles its
-    own set of convs, so autotune times a few, not every divisor)."""
+    """"merge-m": m groups per dense conv of the weight gradient; the rule's m first, then one and two groups per
+    conv, and the merge budget's m with its half and double, where they divide the groups (each variant compiles
+    its own set of convs, so autotune times a few, not every divisor)."""
     budget = _merge_budget(spec)
     nearby = [1, budget, budget // 2, budget * 2, 2]
     possible = [m for m in nearby
