@@ -83,6 +83,9 @@ BLOCK_SIZES = {**UNROLLED_BLOCK_SIZES, **ROW_LOOP_BLOCK_SIZES, **ONE_D_BLOCK_SIZ
 MAX_UNROLLED_TAPS = 64
 # Kernels with more rows compute their weight gradient one tap at a time (one accumulator per kernel row otherwise).
 MAX_WEIGHT_GRAD_ROWS = 8
+# The lowering in interpret mode (tests on CPU) computes at most this many output rows per program: the same
+# code as any block_h, at a fraction of the compile time; tests/test_pallas.py runs larger tiles directly.
+INTERPRET_MAX_BLOCK_H = 2
 # float32 values per thread that a program's accumulators and loaded tiles may hold, of a GPU thread's 255
 # registers: the rest go to addresses, masks and weights.
 REGISTER_BUDGET = 96
@@ -137,7 +140,10 @@ def tuning_refusal(spec: ConvSpec) -> Optional[str]:
 
 
 def _blocks(spec: ConvSpec) -> BlockSizes:
-    return BLOCK_SIZES[spec.variant or variants(spec)[0]]
+    blocks = BLOCK_SIZES[spec.variant or variants(spec)[0]]
+    if _interpret(spec):  # the unrolled body grows with the rows per tile, and so does its compile time on CPU
+        blocks = dataclasses.replace(blocks, block_h=min(blocks.block_h, INTERPRET_MAX_BLOCK_H))
+    return blocks
 
 
 def _pow2(n: int) -> int:
