@@ -290,10 +290,14 @@ def _mul_add(a, b, acc, fma: bool):
         result_shape_dtypes=[jax.ShapeDtypeStruct(acc.shape, acc.dtype)])[0]
 
 
-def _store_rows(o_ref, p: _Problem, t: _Tile, n, rows: list, channels):
+def _output_mask(p: _Problem, t: _Tile, channels):
+    """(bw, bc): the tile's output columns and channels that exist."""
     inside = jnp.broadcast_to(((t.w0 + _iota(t.bw)) < p.wo)[:, None], (t.bw, t.bc))
-    if channels is not None:
-        inside = inside & channels
+    return inside if channels is None else inside & channels
+
+
+def _store_rows(o_ref, p: _Problem, t: _Tile, n, rows: list, channels):
+    inside = _output_mask(p, t, channels)
     for i, acc in enumerate(rows):
         _triton().store(_at(o_ref, n, t.h0 + i, _ds(t.w0, t.bw), _ds(t.c0, t.bc)), acc.astype(o_ref.dtype),
                        mask=inside & (t.h0 + i < p.ho))
@@ -342,10 +346,7 @@ def _row_loop_kernel(x_ref, wr_ref, o_ref, *, p: _Problem, bh: int, bw: int, bc:
         return acc
 
     acc = _for(wr_ref.shape[0], row, jnp.zeros((bh, bw, bc), acc_dtype))
-    inside = ((t.h0 + _iota(bh)) < p.ho)[:, None, None] & ((t.w0 + _iota(bw)) < p.wo)[None, :, None]
-    inside = jnp.broadcast_to(inside, (bh, bw, bc))
-    if channels is not None:
-        inside = inside & channels[None]
+    inside = ((t.h0 + _iota(bh)) < p.ho)[:, None, None] & _output_mask(p, t, channels)[None]
     _triton().store(_at(o_ref, n, _ds(t.h0, bh), _ds(t.w0, bw), _ds(t.c0, bc)), acc.astype(o_ref.dtype),
                    mask=inside)
 
@@ -369,9 +370,7 @@ def _weight_grad_kernel(x_ref, g_ref, o_ref, *, p: _Problem, bw: int, bc: int, s
     channels = _channel_mask(p, t)
     column_tile = t.w0 // bw
     acc_dtype = o_ref.dtype
-    inside = jnp.broadcast_to(((t.w0 + _iota(bw)) < p.wo)[:, None], (bw, bc))
-    if channels is not None:
-        inside = inside & channels
+    inside = _output_mask(p, t, channels)
 
     def gradient_row(ho):
         chans = _ds(t.c0, bc)
