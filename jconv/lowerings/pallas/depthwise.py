@@ -79,7 +79,7 @@ ONE_D_BLOCK_SIZES = _named(  # one row: (length, channel) tiles
     BlockSizes(1, 64, 64, 4, fma=True))
 BLOCK_SIZES = {**UNROLLED_BLOCK_SIZES, **ROW_LOOP_BLOCK_SIZES, **ONE_D_BLOCK_SIZES}
 
-# Kernels with more taps loop over rows instead of unrolling them: a fully unrolled 31x31 took minutes to compile.
+# Kernels with more taps loop over rows instead of unrolling them: compile time grows with the unrolled body.
 MAX_UNROLLED_TAPS = 64
 # Kernels with more rows compute their weight gradient one tap at a time (one accumulator per kernel row otherwise).
 MAX_WEIGHT_GRAD_ROWS = 8
